@@ -1,0 +1,1 @@
+"""Shared runtime of every NextBest service: settings, errors, telemetry, server bootstrap, database, clients."""

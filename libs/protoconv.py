@@ -1,0 +1,38 @@
+"""Conversions between protobuf well-known types and Python values."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def to_timestamp(value: datetime | None) -> Timestamp | None:
+    """A timezone-aware (or UTC-naive) datetime as a Timestamp; None stays None."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def from_timestamp(ts: Timestamp) -> datetime:
+    """A Timestamp as an aware UTC datetime."""
+    return ts.ToDatetime(tzinfo=timezone.utc)
+
+
+def to_duration(value: timedelta) -> Duration:
+    d = Duration()
+    d.FromTimedelta(value)
+    return d
+
+
+def from_duration(d: Duration) -> timedelta:
+    return d.ToTimedelta()

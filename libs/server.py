@@ -1,0 +1,199 @@
+"""gRPC server bootstrap shared by every service.
+
+One place for: the grpc.aio server, the health service (NOT_SERVING until warm-up is done, NOT_SERVING again on
+shutdown), reflection, the interceptors (tracing, then error mapping), graceful draining shutdown and signal
+handling. A service provides a `ServiceApp` from its wiring function; this module runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+from libs.errors import NextBestError
+from libs.settings import ServiceSettings
+from libs.telemetry import current_trace_id, setup_logging, setup_tracing
+
+log = logging.getLogger("nextbest.server")
+
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+async def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One servicer to register: the generated `add_*_to_server` function, the servicer, its full name."""
+
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+    servicer: object
+    full_name: str
+
+
+@dataclass
+class ServiceApp:
+    """A wired service: servicers plus warm-up and clean-up hooks (migrations, caches, models, channels)."""
+
+    name: str
+    registrations: Sequence[Registration]
+    on_start: Callable[[], Awaitable[None]] = _nothing
+    on_stop: Callable[[], Awaitable[None]] = _nothing
+    #: Anything the wiring function wants tests to reach (repositories, engines); never used by the server.
+    parts: dict[str, Any] = field(default_factory=dict)
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps domain errors to their gRPC status; anything unexpected becomes INTERNAL with only a trace id."""
+
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[override]
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _guard_unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _guard_unary(handler.stream_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _guard_stream(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            _guard_stream(handler.stream_stream, method),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
+    if isinstance(exc, NextBestError):
+        await context.abort(exc.code, exc.message)
+    if isinstance(exc, grpc.aio.AioRpcError) and exc.code() in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    ):
+        # A dependency was down or slow and the service chose not to degrade: say so, with the same status.
+        await context.abort(exc.code(), f"dependency failed: {exc.details()}")
+    trace_id = current_trace_id()
+    log.error("unhandled error in %s", method, exc_info=exc, extra={"method": method})
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error (trace {trace_id or 'n/a'})")
+
+
+def _guard_unary(behavior, method: str):
+    async def guarded(request_or_iterator, context):
+        try:
+            return await behavior(request_or_iterator, context)
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - this IS the one place that maps errors
+            await _abort_for(exc, context, method)
+
+    return guarded
+
+
+def _guard_stream(behavior, method: str):
+    async def guarded(request_or_iterator, context) -> AsyncIterator[Any]:
+        try:
+            async for response in behavior(request_or_iterator, context):
+                yield response
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # noqa: BLE001
+            await _abort_for(exc, context, method)
+
+    return guarded
+
+
+class GrpcServer:
+    """Runs one ServiceApp on one port: `await start()` returns the bound port, `await stop()` drains."""
+
+    def __init__(self, app: ServiceApp, host: str = "127.0.0.1", port: int = 0, grace: float = 5.0) -> None:
+        self.app = app
+        self.host = host
+        self.requested_port = port
+        self.grace = grace
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+
+    async def start(self) -> int:
+        server = grpc.aio.server(
+            interceptors=[aio_server_interceptor(), ErrorInterceptor()],
+            options=[
+                ("grpc.so_reuseport", 0),  # a taken port must fail loudly, not be silently shared
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        names = [r.full_name for r in self.app.registrations]
+        for registration in self.app.registrations:
+            registration.add_to_server(registration.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+        for name in ["", *names]:
+            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.port = server.add_insecure_port(f"{self.host}:{self.requested_port}")
+        if self.port == 0:
+            raise SystemExit(f"{self.app.name}: could not bind {self.host}:{self.requested_port}")
+        self._server = server
+        await server.start()
+        await self.app.on_start()  # warm-up: only then do health checks say SERVING
+        for name in ["", *names]:
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("%s serving on %s:%d", self.app.name, self.host, self.port, extra={"port": self.port})
+        return self.port
+
+    async def stop(self) -> None:
+        if self._server is None:
+            return
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(self.grace)
+        self._server = None
+        await self.app.on_stop()
+        log.info("%s stopped", self.app.name)
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+async def serve(app: ServiceApp, settings: ServiceSettings) -> None:
+    """Run a service until SIGINT/SIGTERM, then drain in-flight calls and clean up."""
+    server = GrpcServer(app, settings.common.host, settings.port, settings.common.shutdown_grace_seconds)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+def run_service(build: Callable[[Any], ServiceApp], settings: ServiceSettings) -> None:
+    """Entry point of a service process: logging, tracing, wiring, serving."""
+    setup_logging(settings.service_name, settings.common)
+    setup_tracing(settings.service_name, settings.common)
+    asyncio.run(serve(build(settings), settings))

@@ -1,0 +1,80 @@
+"""OpenTelemetry tracing and structured JSON logs with the current trace id on every line.
+
+Spans are always created (so logs carry trace ids and traces propagate across hops); they are exported over
+OTLP only when an endpoint is configured, and are otherwise dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import orjson
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from libs.settings import CommonSettings
+
+_STANDARD_RECORD_FIELDS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+def current_trace_id() -> str:
+    """The current span's trace id as 32 hex digits, or "" outside a span."""
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else ""
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, service, trace/span ids and any `extra=` fields."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        ctx = trace.get_current_span().get_span_context()
+        entry: dict[str, object] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "service": self.service,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if ctx.is_valid:
+            entry["trace_id"] = format(ctx.trace_id, "032x")
+            entry["span_id"] = format(ctx.span_id, "016x")
+        for key, value in vars(record).items():
+            if key not in _STANDARD_RECORD_FIELDS and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+def setup_logging(service: str, settings: CommonSettings) -> None:
+    """Route the root logger to stderr, as JSON lines (default) or plain text."""
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter(service))
+    else:
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {service} %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+
+
+def setup_tracing(service: str, settings: CommonSettings) -> TracerProvider:
+    """Install the process-wide tracer provider; export over OTLP/gRPC only when an endpoint is set."""
+    current = trace.get_tracer_provider()
+    if isinstance(current, TracerProvider):  # already installed in this process (e.g. several services in tests)
+        return current
+    provider = TracerProvider(resource=Resource.create({"service.name": f"nextbest-{service}"}))
+    if settings.otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otlp_endpoint)))
+    trace.set_tracer_provider(provider)
+    return provider
