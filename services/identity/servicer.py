@@ -1,0 +1,101 @@
+"""The IdentityService gRPC servicer: protobuf in, one domain call, protobuf out."""
+
+from __future__ import annotations
+
+import grpc
+
+from libs.protoconv import from_timestamp, to_timestamp
+from nextbest.common.v1 import common_pb2
+from nextbest.identity.v1 import identity_service_pb2 as pb
+from nextbest.identity.v1 import identity_service_pb2_grpc as pb_grpc
+from services.identity.domain import (
+    Consent,
+    ConsentChannel,
+    ConsentInput,
+    ConsentPurpose,
+    Identifier,
+    IdentifierKind,
+    IdentityService,
+    MatchMethod,
+    RawIdentifier,
+)
+
+FULL_NAME = pb.DESCRIPTOR.services_by_name["IdentityService"].full_name
+
+# Proto enum numbers <-> domain enums, matched by name so a renamed value fails loudly. UNSPECIFIED and numbers
+# from a newer contract map to None, which the domain rejects naming the field.
+_KINDS = {common_pb2.IdentifierType.Value(f"IDENTIFIER_TYPE_{kind.name}"): kind for kind in IdentifierKind}
+_PURPOSES = {pb.ConsentPurpose.Value(f"CONSENT_PURPOSE_{purpose.name}"): purpose for purpose in ConsentPurpose}
+_CHANNELS = {common_pb2.Channel.Value(f"CHANNEL_{channel.name}"): channel for channel in ConsentChannel}
+_KIND_NUMBERS = {kind: number for number, kind in _KINDS.items()}
+_PURPOSE_NUMBERS = {purpose: number for number, purpose in _PURPOSES.items()}
+_CHANNEL_NUMBERS = {channel: number for number, channel in _CHANNELS.items()}
+_METHODS = {method: pb.MatchMethod.Value(f"MATCH_METHOD_{method.name}") for method in MatchMethod}
+
+
+def _identifier(identifier: Identifier) -> common_pb2.Identifier:
+    return common_pb2.Identifier(type=_KIND_NUMBERS[identifier.kind], value=identifier.value)
+
+
+def _consent(consent: Consent) -> pb.Consent:
+    return pb.Consent(
+        purpose=_PURPOSE_NUMBERS[consent.purpose],
+        channel=_CHANNEL_NUMBERS[consent.channel],
+        granted=consent.granted,
+        source=consent.source,
+        recorded_at=to_timestamp(consent.recorded_at),
+    )
+
+
+class IdentityServicer(pb_grpc.IdentityServiceServicer):
+    """Maps the IdentityService contract onto `IdentityService`."""
+
+    def __init__(self, service: IdentityService) -> None:
+        self.service = service
+
+    async def Resolve(self, request: pb.ResolveRequest, context: grpc.aio.ServicerContext) -> pb.ResolveResponse:
+        resolution = await self.service.resolve(
+            [RawIdentifier(_KINDS.get(given.type), given.value) for given in request.identifiers],
+            request.create_if_missing,
+        )
+        return pb.ResolveResponse(
+            customer_id=resolution.customer_id,
+            match_method=_METHODS[resolution.method],
+            matched_by=_identifier(resolution.matched_by) if resolution.matched_by else None,
+            linked=[_identifier(identifier) for identifier in resolution.linked],
+            conflicts=[_identifier(identifier) for identifier in resolution.conflicts],
+        )
+
+    async def GetCustomer(
+        self, request: pb.GetCustomerRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetCustomerResponse:
+        customer = await self.service.get_customer(request.customer_id)
+        return pb.GetCustomerResponse(
+            customer_id=customer.customer_id,
+            identifiers=[_identifier(identifier) for identifier in customer.identifiers],
+            created_at=to_timestamp(customer.created_at),
+        )
+
+    async def SetConsent(
+        self, request: pb.SetConsentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetConsentResponse:
+        current = await self.service.set_consent(
+            request.customer_id,
+            [
+                ConsentInput(
+                    purpose=_PURPOSES.get(given.purpose),
+                    channel=_CHANNELS.get(given.channel),
+                    granted=given.granted,
+                    source=given.source,
+                    recorded_at=from_timestamp(given.recorded_at) if given.HasField("recorded_at") else None,
+                )
+                for given in request.consents
+            ],
+        )
+        return pb.SetConsentResponse(consents=[_consent(consent) for consent in current])
+
+    async def GetConsent(
+        self, request: pb.GetConsentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetConsentResponse:
+        current = await self.service.get_consent(request.customer_id)
+        return pb.GetConsentResponse(consents=[_consent(consent) for consent in current])

@@ -1,0 +1,1 @@
+"""Inventory service: stock by SKU variant (size, colour) and location (store, warehouse); fast availability."""
