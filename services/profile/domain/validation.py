@@ -1,0 +1,135 @@
+"""Validation of one incoming event: the first problem found is raised as InvalidArgument(field, reason).
+
+Field paths follow the contract (e.g. "purchase.lines[0].quantity", "product_return.method"), so a producer can
+find the offending field in its own message.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+
+from libs.errors import InvalidArgument
+from services.profile.domain.events import (
+    CART_ACTIONS,
+    LOYALTY_TIERS,
+    OFFER_RESPONSES,
+    RETURN_METHODS,
+    CartChange,
+    Event,
+    LoyaltyChange,
+    OfferResponse,
+    PageView,
+    Payload,
+    PreferenceUpdate,
+    ProductReturn,
+    ProductView,
+    Purchase,
+    ServiceContact,
+)
+
+MAX_ID_LENGTH = 128
+#: Producers' clocks drift; an event further ahead than this is a producer bug, not drift.
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+
+
+def validate_event(event: Event, now: datetime) -> None:
+    """Raise InvalidArgument naming the first malformed field of `event`; return when it may be applied."""
+    if not event.event_id:
+        raise InvalidArgument("event_id", "required")
+    if len(event.event_id) > MAX_ID_LENGTH:
+        raise InvalidArgument("event_id", f"at most {MAX_ID_LENGTH} characters")
+    if len(event.customer_id) > MAX_ID_LENGTH:
+        raise InvalidArgument("customer_id", f"at most {MAX_ID_LENGTH} characters")
+    if not event.customer_id:
+        if not event.identifiers:
+            raise InvalidArgument("customer_id", "required when no identifiers are given")
+        for i, identifier in enumerate(event.identifiers):
+            if identifier.type == 0:
+                raise InvalidArgument(f"identifiers[{i}].type", "required")
+            if not identifier.value.strip():
+                raise InvalidArgument(f"identifiers[{i}].value", "required")
+    if event.occurred_at is None:
+        raise InvalidArgument("occurred_at", "required: a valid timestamp")
+    if event.occurred_at > now + MAX_CLOCK_SKEW:
+        raise InvalidArgument("occurred_at", "more than 5 minutes in the future")
+    if event.payload is None:
+        raise InvalidArgument("payload", "exactly one payload is required")
+    _validate_payload(event.payload)
+
+
+def _non_negative(value: float, field: str) -> None:
+    if not math.isfinite(value) or value < 0:
+        raise InvalidArgument(field, f"must be a finite number >= 0, got {value}")
+
+
+def _required(value: str, field: str) -> None:
+    if not value:
+        raise InvalidArgument(field, "required")
+
+
+def _one_of(value: str, allowed: tuple[str, ...], field: str) -> None:
+    """Enum values arrive as domain names; "" means unset and "#n" a number the contract does not define."""
+    if value not in allowed:
+        expected = ", ".join(name.upper() for name in allowed)
+        raise InvalidArgument(field, f"required (one of {expected})" if not value else f"unknown value {value}")
+
+
+def _validate_payload(payload: Payload) -> None:
+    where = payload.kind
+    match payload:
+        case PageView(page=page):
+            _required(page, f"{where}.page")
+        case ProductView(sku=sku, dwell_seconds=dwell):
+            _required(sku, f"{where}.sku")
+            _non_negative(dwell, f"{where}.dwell")
+        case CartChange(action=action, sku=sku, quantity=quantity, unit_price=unit_price):
+            _one_of(action, CART_ACTIONS, f"{where}.action")
+            if action != "clear":
+                _required(sku, f"{where}.sku")
+                if quantity < 1:
+                    raise InvalidArgument(f"{where}.quantity", f"must be at least 1, got {quantity}")
+                _non_negative(unit_price, f"{where}.unit_price")
+        case Purchase(lines=lines, shipping_fee=shipping_fee):
+            if not lines:
+                raise InvalidArgument(f"{where}.lines", "at least one line")
+            for i, line in enumerate(lines):
+                at = f"{where}.lines[{i}]"
+                _required(line.sku, f"{at}.sku")
+                if line.quantity < 1:
+                    raise InvalidArgument(f"{at}.quantity", f"must be at least 1, got {line.quantity}")
+                _non_negative(line.unit_price, f"{at}.unit_price")
+                _non_negative(line.list_price, f"{at}.list_price")
+                if line.list_price and line.list_price < line.unit_price:
+                    raise InvalidArgument(
+                        f"{at}.list_price",
+                        f"below unit_price ({line.list_price} < {line.unit_price}); use 0 when unknown",
+                    )
+            _non_negative(shipping_fee, f"{where}.shipping_fee")
+        case ProductReturn(lines=lines, method=method):
+            if not lines:
+                raise InvalidArgument(f"{where}.lines", "at least one line")
+            for i, line in enumerate(lines):
+                at = f"{where}.lines[{i}]"
+                _required(line.sku, f"{at}.sku")
+                if line.quantity < 1:
+                    raise InvalidArgument(f"{at}.quantity", f"must be at least 1, got {line.quantity}")
+                _non_negative(line.refund_amount, f"{at}.refund_amount")
+            _one_of(method, RETURN_METHODS, f"{where}.method")
+        case ServiceContact(reason=reason):
+            # Open issues are matched to their resolution by reason.
+            _required(reason, f"{where}.reason")
+        case LoyaltyChange(tier=tier):
+            # Any delta is meaningful; tier 0 keeps the current tier.
+            if not 0 <= tier < len(LOYALTY_TIERS):
+                raise InvalidArgument(f"{where}.tier", f"unknown value #{tier}")
+        case OfferResponse(decision_id=decision_id, offer_id=offer_id, response=response):
+            _required(decision_id, f"{where}.decision_id")
+            _required(offer_id, f"{where}.offer_id")
+            _one_of(response, OFFER_RESPONSES, f"{where}.response")
+        case PreferenceUpdate(sizes=sizes, colours=colours, shipping_method=shipping_method):
+            if not (sizes or colours or shipping_method):
+                raise InvalidArgument(where, "sets none of sizes, colours, shipping_method")
+            for field, values in (("sizes", sizes), ("colours", colours)):
+                for i, value in enumerate(values):
+                    _required(value, f"{where}.{field}[{i}]")

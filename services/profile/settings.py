@@ -1,0 +1,31 @@
+"""Settings of the profile service (environment variables prefixed NEXTBEST_PROFILE_)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from libs.settings import ServiceSettings
+
+
+class ProfileSettings(ServiceSettings):
+    """Port, database, batch limits and the identity dependency of the profile service."""
+
+    model_config = SettingsConfigDict(env_prefix="NEXTBEST_PROFILE_", extra="ignore")
+
+    service_name: str = "profile"
+    port: int = Field(50052, ge=0, le=65535, description="gRPC port of the profile service.")
+    identity_target: str = Field(
+        "127.0.0.1:50051",
+        description="host:port of the identity service, which resolves events that carry identifiers only.",
+    )
+    max_batch: int = Field(
+        1000,
+        ge=1,
+        le=10_000,  # keeps one batch's statements under the drivers' bind-parameter limits
+        description="Most events one IngestEvents call may carry.",
+    )
+    identity_timeout_seconds: float = Field(
+        1.0, gt=0, description="Deadline of one Resolve call to the identity service (capped by the caller's)."
+    )
+    recent_activity: int = Field(20, ge=0, le=1000, description="How many recent events GetProfile returns.")

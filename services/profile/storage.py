@@ -1,0 +1,185 @@
+"""Tables of the profile service and the SQLAlchemy Core adapter behind the domain's repository port.
+
+Concurrency: a batch is one transaction that
+1. inserts its events (ON CONFLICT DO NOTHING, in event-id order); the ids RETURNING gives are the ones to apply;
+2. takes the customers' state rows in customer-id order with one upsert that creates empty rows for new customers
+   and row-locks the existing ones (a no-op DO UPDATE), returning their states;
+3. writes the folded states.
+Taking locks in one global order means concurrent batches wait for each other instead of deadlocking, and an
+event id is applied by exactly one of them. On SQLite, whose writers are serialised, the first statement is the
+INSERT, so the write lock is held from the start of the transaction (what BEGIN IMMEDIATE would give): no batch
+can read a state another is about to change. Each step is one multi-row statement (SQLAlchemy's
+insertmanyvalues), so a batch of 1000 events costs three round trips, not thousands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from libs.db import translate_errors
+from services.profile.domain import Activity, EventRecord, ProfileState, StoredProfile
+
+metadata = MetaData()
+
+profile_events = Table(
+    "profile_events",
+    metadata,
+    Column("event_id", String(128), primary_key=True),
+    Column("customer_id", String(128), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("source", Text, nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    # Recent activity: a customer's newest events, read backwards along this index.
+    Index("ix_profile_events_customer_time", "customer_id", "occurred_at", "event_id"),
+)
+
+profile_states = Table(
+    "profile_states",
+    metadata,
+    Column("customer_id", String(128), primary_key=True),
+    Column("state", JSON, nullable=False),
+    Column("first_seen_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("version", Integer, nullable=False),
+)
+
+
+def _utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything stored is UTC."""
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+
+class SqlIngestTransaction:
+    """The batch-applying steps on one open transaction (see the module docstring for the locking order)."""
+
+    def __init__(self, connection: AsyncConnection, insert: Callable[[Table], Any]) -> None:
+        self._connection = connection
+        self._insert = insert
+
+    async def add_events(self, records: Sequence[EventRecord]) -> set[str]:
+        received_at = datetime.now(timezone.utc)
+        rows = [
+            {
+                "event_id": record.event.event_id,
+                "customer_id": record.event.customer_id,
+                "kind": record.event.kind,
+                "occurred_at": record.event.occurred_at,
+                "source": record.event.source,
+                "payload": record.event.payload_document(),
+                "summary": record.summary,
+                "received_at": received_at,
+            }
+            for record in sorted(records, key=lambda record: record.event.event_id)
+        ]
+        statement = (
+            self._insert(profile_events)
+            .on_conflict_do_nothing(index_elements=["event_id"])
+            .returning(profile_events.c.event_id)
+        )
+        result = await self._connection.execute(statement, rows)
+        return set(result.scalars())
+
+    async def lock_states(self, customer_ids: Sequence[str], now: datetime) -> dict[str, ProfileState]:
+        rows = [
+            {"customer_id": customer_id, "state": {}, "first_seen_at": now, "updated_at": now, "version": 0}
+            for customer_id in customer_ids
+        ]
+        statement = self._insert(profile_states)
+        # Creates empty rows for new customers; the no-op update row-locks existing ones until commit. Rows are
+        # taken in the order given (sorted), and the old state comes back in the same round trip.
+        statement = statement.on_conflict_do_update(
+            index_elements=["customer_id"], set_={"version": profile_states.c.version}
+        ).returning(profile_states.c.customer_id, profile_states.c.state)
+        result = await self._connection.execute(statement, rows)
+        return {customer_id: ProfileState.from_document(state) for customer_id, state in result}
+
+    async def save_states(self, states: Mapping[str, ProfileState], now: datetime) -> None:
+        rows = [
+            {
+                "customer_id": customer_id,
+                "state": state.to_document(),
+                "first_seen_at": state.first_seen_at,
+                "updated_at": now,
+                "version": 1,
+            }
+            for customer_id, state in states.items()
+        ]
+        statement = self._insert(profile_states)
+        statement = statement.on_conflict_do_update(
+            index_elements=["customer_id"],
+            set_={
+                "state": statement.excluded.state,
+                "first_seen_at": statement.excluded.first_seen_at,
+                "updated_at": statement.excluded.updated_at,
+                "version": profile_states.c.version + 1,
+            },
+        ).returning(profile_states.c.customer_id)  # RETURNING makes SQLAlchemy send one multi-row statement
+        await self._connection.execute(statement, rows)
+
+
+class SqlProfileRepository:
+    """Profile storage on SQLite or PostgreSQL through SQLAlchemy Core (one connection per call)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[SqlIngestTransaction]:
+        async with translate_errors("ingest events"), self._engine.begin() as connection:
+            yield SqlIngestTransaction(connection, self._insert)
+
+    async def load_state(self, customer_id: str) -> ProfileState | None:
+        async with translate_errors("read profile"), self._engine.connect() as connection:
+            document = await connection.scalar(
+                select(profile_states.c.state).where(profile_states.c.customer_id == customer_id)
+            )
+        return ProfileState.from_document(document) if document is not None else None
+
+    async def load_profile(self, customer_id: str, recent_activity: int) -> StoredProfile | None:
+        async with translate_errors("read profile"), self._engine.connect() as connection:
+            row = (
+                await connection.execute(
+                    select(profile_states.c.state, profile_states.c.updated_at).where(
+                        profile_states.c.customer_id == customer_id
+                    )
+                )
+            ).first()
+            if row is None:
+                return None
+            activity: list[Activity] = []
+            if recent_activity:
+                events = await connection.execute(
+                    select(
+                        profile_events.c.event_id,
+                        profile_events.c.kind,
+                        profile_events.c.occurred_at,
+                        profile_events.c.summary,
+                    )
+                    .where(profile_events.c.customer_id == customer_id)
+                    .order_by(profile_events.c.occurred_at.desc(), profile_events.c.event_id.desc())
+                    .limit(recent_activity)
+                )
+                activity = [Activity(event_id, kind, _utc(at), summary) for event_id, kind, at, summary in events]
+        return StoredProfile(ProfileState.from_document(row.state), _utc(row.updated_at), tuple(activity))
