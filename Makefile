@@ -44,7 +44,9 @@ test-integration: install
 test-e2e: install
 	$(BIN)/python -m pytest tests/e2e
 
-lint:
+lint: install
+	$(BIN)/pip install -q -e '.[lint]'
+	$(BIN)/ruff check libs services cli tests
 	cd protos && npx --yes @bufbuild/buf lint
 
 clean:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -64,6 +66,18 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         json_serializer=_json_dumps,
         json_deserializer=orjson.loads,
     )
+
+
+def insert_for(engine: AsyncEngine):
+    """The dialect's `insert` construct, which has ON CONFLICT support on both PostgreSQL and SQLite."""
+    return postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """Datetimes read back as aware UTC: SQLite returns the stored UTC wall-clock digits without an offset."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def to_timestamp(value: datetime | None) -> Timestamp | None:
@@ -17,7 +17,7 @@ def to_timestamp(value: datetime | None) -> Timestamp | None:
     if value is None:
         return None
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
     ts = Timestamp()
     ts.FromDatetime(value)
     return ts
@@ -25,7 +25,7 @@ def to_timestamp(value: datetime | None) -> Timestamp | None:
 
 def from_timestamp(ts: Timestamp) -> datetime:
     """A Timestamp as an aware UTC datetime."""
-    return ts.ToDatetime(tzinfo=timezone.utc)
+    return ts.ToDatetime(tzinfo=UTC)
 
 
 def to_duration(value: timedelta) -> Duration:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nextbest.identity.v1 import identity_service_pb2_grpc as pb_grpc
+
 from libs.db import create_engine, migrate
 from libs.server import Registration, ServiceApp
-from nextbest.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from services.identity.domain import Identifier, IdentifierKind, IdentityService, Normaliser
 from services.identity.servicer import FULL_NAME, IdentityServicer
 from services.identity.settings import IdentitySettings

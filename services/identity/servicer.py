@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import grpc
-
-from libs.protoconv import from_timestamp, to_timestamp
 from nextbest.common.v1 import common_pb2
 from nextbest.identity.v1 import identity_service_pb2 as pb
 from nextbest.identity.v1 import identity_service_pb2_grpc as pb_grpc
+
+from libs.protoconv import from_timestamp, to_timestamp
 from services.identity.domain import (
     Consent,
     ConsentChannel,

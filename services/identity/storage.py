@@ -31,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from libs.db import translate_errors
+from libs.db import as_utc, translate_errors
 from services.identity.domain import (
     Consent,
     ConsentChannel,
@@ -83,8 +83,6 @@ def _to_db(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
-def _from_db(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _current_consents_query(customer_id: str) -> Select:
@@ -159,7 +157,7 @@ class SqlIdentityRepository:
         if not rows:
             return None
         linked = tuple(Identifier(IdentifierKind(row.type), row.value) for row in rows if row.type is not None)
-        return Customer(customer_id, linked, _from_db(rows[0].created_at))
+        return Customer(customer_id, linked, as_utc(rows[0].created_at))
 
     async def record_consents(
         self, customer_id: str, decisions: Sequence[Consent], received_at: datetime
@@ -232,7 +230,7 @@ class SqlIdentityRepository:
                 ConsentChannel(row.channel),
                 row.granted,
                 row.source,
-                _from_db(row.recorded_at),
+                as_utc(row.recorded_at),
             )
             for row in rows
             if row.purpose is not None

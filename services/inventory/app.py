@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from nextbest.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
+
 from libs.db import create_engine
 from libs.server import Registration, ServiceApp
-from nextbest.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
 from services.inventory.domain import Inventory
 from services.inventory.servicer import FULL_NAME, InventoryServicer
 from services.inventory.settings import InventorySettings

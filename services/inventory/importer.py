@@ -14,7 +14,7 @@ import io
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
 
@@ -152,7 +152,7 @@ async def import_stock_csv(settings: InventorySettings, path: Path) -> ImportRep
     engine = create_engine(settings.resolved_database_url)
     try:
         await migrate_schema(engine)
-        await SqlInventoryStore(engine).import_snapshot(snapshot, datetime.now(timezone.utc))
+        await SqlInventoryStore(engine).import_snapshot(snapshot, datetime.now(UTC))
     finally:
         await engine.dispose()
     return ImportReport(

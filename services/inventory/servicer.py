@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import grpc
-
-from libs.protoconv import to_timestamp
 from nextbest.inventory.v1 import inventory_service_pb2 as pb
 from nextbest.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
+
+from libs.protoconv import to_timestamp
 from services.inventory.domain import Availability, Inventory, StockChange
 
 FULL_NAME = "nextbest.inventory.v1.InventoryService"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +37,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
-from sqlalchemy.sql.expression import ColumnElement, Executable
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.expression import ColumnElement, Executable
 
-from libs.db import migrate, translate_errors
+from libs.db import as_utc, migrate, translate_errors
 from services.inventory.domain import (
     Availability,
     AvailabilityQuery,
@@ -99,11 +99,6 @@ async def migrate_schema(engine: AsyncEngine) -> None:
     await migrate(engine, MIGRATIONS, VERSION_TABLE)
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; they were stored as UTC.
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value
 
 
 class _Statements:
@@ -208,7 +203,7 @@ def _collect(rows: Iterable[Row[Any]]) -> Lookup:
         found.product_ids.add(product_id)
         if location_id is not None:
             found.availability.append(
-                Availability(sku, product_id, size, colour, location_id, kind, on_hand or 0, _utc(updated_at))
+                Availability(sku, product_id, size, colour, location_id, kind, on_hand or 0, as_utc(updated_at))
             )
     return found
 

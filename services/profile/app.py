@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nextbest.profile.v1 import profile_service_pb2_grpc as pb_grpc
+
 from libs.db import create_engine, migrate
 from libs.server import Registration, ServiceApp
-from nextbest.profile.v1 import profile_service_pb2_grpc as pb_grpc
 from services.profile.domain import ProfileService
 from services.profile.resolver import IdentityClient
 from services.profile.servicer import FULL_NAME, ProfileServicer

@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import grpc
-
-from libs.clients import Budget, open_channel
-from libs.errors import InvalidArgument, Unavailable
 from nextbest.common.v1 import common_pb2
 from nextbest.identity.v1 import identity_service_pb2 as identity_pb
 from nextbest.identity.v1 import identity_service_pb2_grpc as identity_grpc
+
+from libs.clients import Budget, open_channel
+from libs.errors import InvalidArgument, Unavailable
 from services.profile.domain import Identifier
 
 IDENTITY_SERVICE = identity_pb.DESCRIPTOR.services_by_name["IdentityService"].full_name

@@ -7,12 +7,12 @@ from datetime import datetime, timedelta
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-
-from libs.clients import Budget
-from libs.protoconv import from_timestamp, to_duration, to_timestamp
 from nextbest.common.v1 import common_pb2
 from nextbest.profile.v1 import profile_service_pb2 as pb
 from nextbest.profile.v1 import profile_service_pb2_grpc as pb_grpc
+
+from libs.clients import Budget
+from libs.protoconv import from_timestamp, to_duration, to_timestamp
 from services.profile.domain import Event, Identifier, ProfileService, ProfileView
 from services.profile.domain import events as ev
 from services.profile.resolver import IdentityClient

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -31,10 +31,9 @@ from sqlalchemy import (
     Text,
     select,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from libs.db import translate_errors
+from libs.db import as_utc, insert_for, translate_errors
 from services.profile.domain import Activity, EventRecord, ProfileState, StoredProfile
 
 metadata = MetaData()
@@ -65,9 +64,6 @@ profile_states = Table(
 )
 
 
-def _utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; everything stored is UTC."""
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
 
 
 class SqlIngestTransaction:
@@ -78,7 +74,7 @@ class SqlIngestTransaction:
         self._insert = insert
 
     async def add_events(self, records: Sequence[EventRecord]) -> set[str]:
-        received_at = datetime.now(timezone.utc)
+        received_at = datetime.now(UTC)
         rows = [
             {
                 "event_id": record.event.event_id,
@@ -143,7 +139,7 @@ class SqlProfileRepository:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        self._insert = insert_for(engine)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqlIngestTransaction]:
@@ -181,5 +177,5 @@ class SqlProfileRepository:
                     .order_by(profile_events.c.occurred_at.desc(), profile_events.c.event_id.desc())
                     .limit(recent_activity)
                 )
-                activity = [Activity(event_id, kind, _utc(at), summary) for event_id, kind, at, summary in events]
-        return StoredProfile(ProfileState.from_document(row.state), _utc(row.updated_at), tuple(activity))
+                activity = [Activity(event_id, kind, as_utc(at), summary) for event_id, kind, at, summary in events]
+        return StoredProfile(ProfileState.from_document(row.state), as_utc(row.updated_at), tuple(activity))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nextbest.scoring.v1 import scoring_service_pb2_grpc as pb_grpc
+
 from libs.db import create_engine, migrate
 from libs.server import Registration, ServiceApp
-from nextbest.scoring.v1 import scoring_service_pb2_grpc as pb_grpc
 from services.scoring.domain import ScoringService
 from services.scoring.servicer import FULL_NAME, ScoringServicer
 from services.scoring.settings import ScoringSettings

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import grpc
+from nextbest.scoring.v1 import scoring_service_pb2 as pb
+from nextbest.scoring.v1 import scoring_service_pb2_grpc as pb_grpc
 from opentelemetry import trace
 
 from libs.protoconv import to_timestamp
-from nextbest.scoring.v1 import scoring_service_pb2 as pb
-from nextbest.scoring.v1 import scoring_service_pb2_grpc as pb_grpc
 from services.scoring.artifacts import ModelStatus
 from services.scoring.domain import RegisteredModel, ScoringService
 

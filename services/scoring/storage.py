@@ -11,11 +11,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from sqlalchemy import JSON, BigInteger, Column, DateTime, MetaData, String, Table, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from libs.db import translate_errors
+from libs.db import insert_for, translate_errors
 from services.scoring.artifacts import ModelStatus
 from services.scoring.domain import RegisteredModel
 
@@ -74,7 +73,7 @@ class SqlModelRegistry:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        self._insert = insert_for(engine)
 
     async def registered_keys(self) -> set[tuple[str, str]]:
         async with translate_errors("model registry read"), self.engine.connect() as connection:

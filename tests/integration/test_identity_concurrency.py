@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from sqlalchemy import func, select
-
-from libs.settings import CommonSettings
 from nextbest.common.v1 import common_pb2 as common
 from nextbest.identity.v1 import identity_service_pb2 as pb
 from nextbest.identity.v1 import identity_service_pb2_grpc as pb_grpc
+from sqlalchemy import func, select
+
+from libs.settings import CommonSettings
 from services.identity.app import build
 from services.identity.settings import IdentitySettings
 from services.identity.storage import customers, identifiers

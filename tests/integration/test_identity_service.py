@@ -6,13 +6,13 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
+from nextbest.common.v1 import common_pb2 as common
+from nextbest.identity.v1 import identity_service_pb2 as pb
+from nextbest.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from sqlalchemy import func, select
 
 from libs.protoconv import from_timestamp, to_timestamp
 from libs.settings import CommonSettings
-from nextbest.common.v1 import common_pb2 as common
-from nextbest.identity.v1 import identity_service_pb2 as pb
-from nextbest.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from services.identity.app import build
 from services.identity.settings import IdentitySettings
 from services.identity.storage import consents, customers, identifiers

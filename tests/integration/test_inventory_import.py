@@ -6,10 +6,10 @@ import argparse
 
 import grpc
 import pytest
-
-from cli import inventory as inventory_cli
 from nextbest.inventory.v1 import inventory_service_pb2 as pb
 from nextbest.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
+
+from cli import inventory as inventory_cli
 from services.inventory.app import build
 from services.inventory.importer import ImportReport, StockFileError, import_stock_csv
 from tests.integration.test_inventory_service import STOCK_CSV, inventory_settings, pairs, write_stock

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-
-from libs.settings import CommonSettings
 from nextbest.inventory.v1 import inventory_service_pb2 as pb
 from nextbest.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
+
+from libs.settings import CommonSettings
 from services.inventory.app import build
 from services.inventory.importer import import_stock_csv
 from services.inventory.settings import InventorySettings

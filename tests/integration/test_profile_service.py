@@ -9,15 +9,15 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from sqlalchemy import func, select
-
-from libs.protoconv import from_timestamp, to_duration, to_timestamp
-from libs.settings import CommonSettings
 from nextbest.common.v1 import common_pb2 as common
 from nextbest.identity.v1 import identity_service_pb2 as ipb
 from nextbest.identity.v1 import identity_service_pb2_grpc as ipb_grpc
 from nextbest.profile.v1 import profile_service_pb2 as pb
 from nextbest.profile.v1 import profile_service_pb2_grpc as pb_grpc
+from sqlalchemy import func, select
+
+from libs.protoconv import from_timestamp, to_duration, to_timestamp
+from libs.settings import CommonSettings
 from services.identity.app import build as build_identity
 from services.identity.settings import IdentitySettings
 from services.profile.app import build

@@ -10,10 +10,10 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from libs.settings import CommonSettings
 from nextbest.scoring.v1 import scoring_service_pb2 as pb
 from nextbest.scoring.v1 import scoring_service_pb2_grpc as pb_grpc
+
+from libs.settings import CommonSettings
 from services.scoring.app import build
 from services.scoring.servicer import FULL_NAME
 from services.scoring.settings import ScoringSettings

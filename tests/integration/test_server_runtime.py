@@ -7,11 +7,11 @@ import asyncio
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from nextbest.identity.v1 import identity_service_pb2 as pb
+from nextbest.identity.v1 import identity_service_pb2_grpc as pb_grpc
 
 from libs.errors import InvalidArgument, NotFound
 from libs.server import GrpcServer, Registration, ServiceApp
-from nextbest.identity.v1 import identity_service_pb2 as pb
-from nextbest.identity.v1 import identity_service_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.integration
 FULL_NAME = "nextbest.identity.v1.IdentityService"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -24,8 +24,8 @@ from services.inventory.settings import InventorySettings
 
 pytestmark = pytest.mark.unit
 
-T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
-T1 = datetime(2025, 1, 2, tzinfo=timezone.utc)
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+T1 = datetime(2025, 1, 2, tzinfo=UTC)
 
 
 class FakeTransaction:

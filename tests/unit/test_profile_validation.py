@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -14,7 +14,7 @@ from services.profile.domain import events as ev
 
 pytestmark = pytest.mark.unit
 
-NOW = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 LINE = ev.OrderLine("SKU-1", 1, 10.0, 12.0)
 PURCHASE = ev.Purchase("o-1", (LINE,), 0.0, False, "pos", "store-1")
 RETURN_LINE = ev.ReturnLine("SKU-1", 1, 10.0)

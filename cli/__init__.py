@@ -1,0 +1,1 @@
+"""The `nextbest` command line: call every RPC readably, seed the demo retailer, run the mesh, operate services."""

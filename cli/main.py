@@ -1,0 +1,32 @@
+"""Entry point of the `nextbest` command: each area registers its sub-commands from its own module."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import inspect
+import sys
+
+#: Modules that add sub-commands; each has `register(subparsers)` and sets `func` on its parsers.
+COMMAND_MODULES = ("cli.client", "cli.mesh", "cli.demo", "cli.inventory")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nextbest", description="NextBest next-best-offer decisioning mesh")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result = args.func(args)
+    if inspect.isawaitable(result):
+        result = asyncio.run(result)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

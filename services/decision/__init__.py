@@ -1,0 +1,1 @@
+"""Decision service: the orchestrator that answers Decide, RecordOutcome and PrioritizeCall."""

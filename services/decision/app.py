@@ -1,0 +1,81 @@
+"""Wiring of the decision service: settings -> engine, repository, gateways, orchestrator, outbox, servicer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nextbest.decision.v1 import decision_service_pb2_grpc as pb_grpc
+
+from libs.db import create_engine, migrate
+from libs.server import Registration, ServiceApp
+from services.decision.catalogue import CatalogueError, load_catalogue
+from services.decision.domain.arbitration import ArbitrationPolicy
+from services.decision.gateways import Gateways
+from services.decision.orchestrator import DecisionPolicy, DecisionService
+from services.decision.outbox import OutcomeForwarder
+from services.decision.servicer import DecisionServicer
+from services.decision.settings import DecisionSettings
+from services.decision.storage import DecisionRepository
+
+FULL_NAME = "nextbest.decision.v1.DecisionService"
+
+
+def build(settings: DecisionSettings) -> ServiceApp:
+    engine = create_engine(settings.resolved_database_url)
+    repository = DecisionRepository(engine)
+    gateways = Gateways(
+        settings.identity_target, settings.profile_target, settings.scoring_target, settings.inventory_target
+    )
+    forwarder = OutcomeForwarder(
+        repository, gateways.profile, settings.outbox_batch_size, settings.outbox_interval_seconds
+    )
+    policy = DecisionPolicy(
+        arbitration=ArbitrationPolicy(
+            long_dwell_seconds=settings.long_dwell_seconds, min_priority=settings.min_priority
+        ),
+        warehouse_id=settings.warehouse_location_id,
+        default_max_offers={
+            "web": settings.max_offers_web,
+            "pos": settings.max_offers_pos,
+            "call_center": settings.max_offers_call_center,
+        },
+        reserve_seconds=settings.reserve_ms / 1000,
+    )
+    service = DecisionService(gateways, repository, policy, on_new_outcome=forwarder.wake)
+    servicer = DecisionServicer(
+        service,
+        {
+            "web": settings.budget_web_ms / 1000,
+            "pos": settings.budget_pos_ms / 1000,
+            "call_center": settings.budget_call_center_ms / 1000,
+        },
+    )
+
+    async def on_start() -> None:
+        try:
+            service.use_catalogue(load_catalogue(settings.resolved_catalogue_dir))
+        except CatalogueError as exc:
+            raise SystemExit(f"decision: invalid offer catalogue: {exc}") from exc
+        await migrate(engine, Path(__file__).parent / "migrations", "alembic_version_decision")
+        gateways.open()  # channels belong to the serving event loop, so they open here, not in build
+        forwarder.start()
+
+    async def on_stop() -> None:
+        await forwarder.stop()
+        await gateways.close()
+        await engine.dispose()
+
+    return ServiceApp(
+        "decision",
+        [Registration(pb_grpc.add_DecisionServiceServicer_to_server, servicer, FULL_NAME)],
+        on_start=on_start,
+        on_stop=on_stop,
+        parts={
+            "engine": engine,
+            "repository": repository,
+            "service": service,
+            "gateways": gateways,
+            "forwarder": forwarder,
+            "settings": settings,
+        },
+    )

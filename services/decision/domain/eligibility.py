@@ -1,0 +1,76 @@
+"""Step 4 of Decide: which catalogue offers may be shown at all, before any stock or score is known.
+
+Every removed offer gets one reason (the first rule it fails), recorded in the decision's trace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from services.decision.catalogue import Catalogue, Offer
+from services.decision.domain.model import TIER_RANK, Context, CustomerView
+
+MARKETING = "marketing"
+
+
+def cart_products(ctx: Context, customer: CustomerView, catalogue: Catalogue) -> frozenset[str]:
+    """Products in the cart: the one the request carries, else the profile's last known cart."""
+    skus = [line.sku for line in ctx.cart] if ctx.cart else customer.traits.cart_skus
+    return frozenset(pid for sku in skus if (pid := catalogue.product_of_sku.get(sku)) is not None)
+
+
+def ineligibility(
+    offer: Offer, channel: str, ctx: Context, customer: CustomerView, in_cart: frozenset[str], now: datetime
+) -> str | None:
+    """Why the offer may not be shown, or None when it may."""
+    if channel not in offer.channels:
+        return "channel"
+    if offer.valid_from is not None and now < offer.valid_from:
+        return "not_yet_valid"
+    if offer.valid_to is not None and now >= offer.valid_to:
+        return "expired"
+    rules = offer.eligibility
+    traits = customer.traits
+    if TIER_RANK[traits.loyalty_tier] < TIER_RANK[rules.min_tier]:
+        return "min_tier"
+    if traits.total_spend < rules.min_total_spend:
+        return "min_total_spend"
+    if traits.order_count < rules.min_orders:
+        return "min_orders"
+    if traits.return_rate > rules.max_return_rate:
+        return "max_return_rate"
+    if traits.shipping_paid_share < rules.min_shipping_paid_share:
+        return "min_shipping_paid_share"
+    if rules.pages and channel == "web" and ctx.page not in rules.pages:
+        return "page"
+    if rules.call_reasons and channel == "call_center" and ctx.call_reason not in rules.call_reasons:
+        return "call_reason"
+    if rules.requires_cart and not in_cart:
+        return "requires_cart"
+    if offer.type == "cross_sell" and offer.product_id in in_cart:
+        return "already_in_cart"  # selling what is already in the cart is no cross-sell
+    if offer.marketing and not customer.allows(MARKETING, channel):
+        # Unknown consent (identity down) is treated as no consent: never market without permission.
+        return "consent_unknown" if customer.consents is None else "no_marketing_consent"
+    return None
+
+
+@dataclass(frozen=True)
+class Screening:
+    eligible: tuple[Offer, ...]
+    #: Offer id -> the rule that removed it.
+    removed: dict[str, str]
+
+
+def screen(catalogue: Catalogue, channel: str, ctx: Context, customer: CustomerView, now: datetime) -> Screening:
+    in_cart = cart_products(ctx, customer, catalogue)
+    eligible: list[Offer] = []
+    removed: dict[str, str] = {}
+    for offer in catalogue.offers:
+        reason = ineligibility(offer, channel, ctx, customer, in_cart, now)
+        if reason is None:
+            eligible.append(offer)
+        else:
+            removed[offer.id] = reason
+    return Screening(tuple(eligible), removed)

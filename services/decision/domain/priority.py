@@ -1,0 +1,74 @@
+"""PrioritizeCall's queue priority: 0-100 from documented components, a tier, and the codes that contributed.
+
+| component          | points                                             | reason code                     |
+|--------------------|----------------------------------------------------|---------------------------------|
+| base               | 15 for a known customer, 10 for an unknown caller  | `new_or_unknown_caller` (10)    |
+| value              | 10 x log10(1 + net_value / 10), at most 30         | `high_value` when >= 20 (≈1,000) |
+| loyalty tier       | bronze 3, silver 8, gold 15, platinum 20           | `<tier>_tier`                   |
+| orders             | 1 per order, at most 10                            | `frequent_buyer` when >= 5      |
+| open issues        | 8 per open service issue, at most 16               | `open_issue`                    |
+| recent returns     | 4 per return in 30 days, at most 8                 | `recent_returns`                |
+| call reason        | cancel 15, complaint 12 (churn risk), others 0     | `churn_risk_call_reason`        |
+
+Tier: VIP from 70, PRIORITY from 45, else STANDARD. A caller with neither a profile nor orders is "unknown".
+"""
+
+from __future__ import annotations
+
+import math
+
+from services.decision.domain.model import CallPriority, CustomerView
+
+BASE_KNOWN = 15.0
+BASE_UNKNOWN = 10.0
+VALUE_MAX = 30.0
+HIGH_VALUE_POINTS = 20.0
+TIER_POINTS = {"none": 0.0, "bronze": 3.0, "silver": 8.0, "gold": 15.0, "platinum": 20.0}
+ORDERS_MAX = 10.0
+FREQUENT_BUYER_ORDERS = 5
+OPEN_ISSUE_POINTS, OPEN_ISSUE_MAX = 8.0, 16.0
+RECENT_RETURN_POINTS, RECENT_RETURN_MAX = 4.0, 8.0
+CHURN_RISK_CALL_REASONS = {"cancel": 15.0, "complaint": 12.0}
+VIP_FROM = 70
+PRIORITY_FROM = 45
+
+
+def call_priority(customer: CustomerView, call_reason: str) -> CallPriority:
+    traits = customer.traits
+    reasons: list[str] = []
+    known = customer.known and (traits.order_count > 0 or traits.net_value > 0 or traits.loyalty_tier != "none")
+    if known:
+        points = BASE_KNOWN
+    else:
+        points = BASE_UNKNOWN
+        reasons.append("new_or_unknown_caller")
+
+    value_points = min(VALUE_MAX, 10.0 * math.log10(1.0 + max(0.0, traits.net_value) / 10.0))
+    points += value_points
+    if value_points >= HIGH_VALUE_POINTS:
+        reasons.append("high_value")
+
+    tier_points = TIER_POINTS[traits.loyalty_tier]
+    points += tier_points
+    if tier_points > 0:
+        reasons.append(f"{traits.loyalty_tier}_tier")
+
+    points += min(ORDERS_MAX, float(traits.order_count))
+    if traits.order_count >= FREQUENT_BUYER_ORDERS:
+        reasons.append("frequent_buyer")
+
+    if traits.open_service_issues > 0:
+        points += min(OPEN_ISSUE_MAX, OPEN_ISSUE_POINTS * traits.open_service_issues)
+        reasons.append("open_issue")
+    if traits.recent_returns > 0:
+        points += min(RECENT_RETURN_MAX, RECENT_RETURN_POINTS * traits.recent_returns)
+        reasons.append("recent_returns")
+
+    churn = CHURN_RISK_CALL_REASONS.get(call_reason.strip().lower(), 0.0)
+    if churn > 0:
+        points += churn
+        reasons.append("churn_risk_call_reason")
+
+    priority = int(round(min(100.0, max(0.0, points))))
+    tier = "vip" if priority >= VIP_FROM else "priority" if priority >= PRIORITY_FROM else "standard"
+    return CallPriority(priority, tier, tuple(reasons))

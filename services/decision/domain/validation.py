@@ -1,0 +1,40 @@
+"""Request validation: every rejection names the request field exactly as the contract spells it."""
+
+from __future__ import annotations
+
+from libs.errors import InvalidArgument
+from services.decision.catalogue import CHANNELS
+from services.decision.domain.model import OUTCOME_TYPES, CustomerRef, DecideInput, OutcomeInput
+
+MAX_OFFERS_LIMIT = 20
+MAX_ID_LENGTH = 128
+
+
+def validate_customer(ref: CustomerRef, field: str = "customer") -> None:
+    if not ref.customer_id and not ref.identifiers:
+        raise InvalidArgument(field, "a customer_id or at least one identifier is required")
+    if len(ref.customer_id) > MAX_ID_LENGTH:
+        raise InvalidArgument(f"{field}.customer_id", f"at most {MAX_ID_LENGTH} characters")
+
+
+def validate_decide(request: DecideInput) -> None:
+    if request.channel not in CHANNELS:
+        raise InvalidArgument("channel", f"must be one of web, pos, call_center (got {request.channel})")
+    validate_customer(request.customer)
+    if not 0 <= request.max_offers <= MAX_OFFERS_LIMIT:
+        raise InvalidArgument("max_offers", f"must be within [0, {MAX_OFFERS_LIMIT}]")
+    if request.channel == "pos" and not request.context.store_id:
+        raise InvalidArgument("context.store_id", "required for the POS channel")
+
+
+def validate_outcome(outcome: OutcomeInput) -> None:
+    for name in ("outcome_id", "decision_id", "offer_id"):
+        value = getattr(outcome, name)
+        if not value:
+            raise InvalidArgument(name, "required")
+        if len(value) > MAX_ID_LENGTH:
+            raise InvalidArgument(name, f"at most {MAX_ID_LENGTH} characters")
+    if outcome.type not in OUTCOME_TYPES:
+        raise InvalidArgument("type", "must be one of IMPRESSION, CLICK, ACCEPT, DECLINE, PURCHASE")
+    if not outcome.revenue >= 0:  # also rejects NaN
+        raise InvalidArgument("revenue", "must not be negative")

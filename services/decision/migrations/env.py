@@ -1,0 +1,3 @@
+from libs.alembic_env import run_migrations
+
+run_migrations()

@@ -1,0 +1,296 @@
+"""The I/O side of Decide: resolve -> profile + consent -> screen -> scoring + inventory -> conclude -> persist.
+
+Every dependency call gets a deadline carved from the request's budget; a dependency that fails or is slow
+becomes a degraded reason and a documented fallback, never an error for the client (the one exception is the
+client's own malformed identifier). The decision is persisted before the answer leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from libs.clients import Budget
+from libs.errors import FailedPrecondition, InvalidArgument, NotFound
+from libs.protoconv import utcnow
+from services.decision.catalogue import Catalogue
+from services.decision.domain.arbitration import ArbitrationPolicy
+from services.decision.domain.eligibility import screen
+from services.decision.domain.model import (
+    ANONYMOUS,
+    CallDecision,
+    Context,
+    CustomerRef,
+    CustomerView,
+    DecideInput,
+    Decision,
+    OutcomeInput,
+    StockView,
+    Traits,
+)
+from services.decision.domain.pipeline import Conclusion, Scores, conclude, request_context
+from services.decision.domain.priority import call_priority
+from services.decision.domain.stock import products_to_check
+from services.decision.domain.validation import validate_customer, validate_decide, validate_outcome
+from services.decision.features import offer_features
+from services.decision.gateways import DependencyError, Gateways
+from services.decision.storage import DecisionRepository
+
+log = logging.getLogger("nextbest.decision")
+T = TypeVar("T")
+
+#: The identity stage and the profile stage may each use at most this share of the budget, so one hanging
+#: dependency still leaves time for scoring and inventory.
+STAGE_SHARE = 0.3
+#: The reserve for arbitration and persisting is at most this share of the budget (tiny client deadlines).
+RESERVE_SHARE = 0.25
+NO_FEATURES: Mapping[str, float] = MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class DecisionPolicy:
+    arbitration: ArbitrationPolicy
+    warehouse_id: str
+    default_max_offers: Mapping[str, int]
+    reserve_seconds: float
+
+
+class _Plan:
+    """How one request's budget is spent."""
+
+    def __init__(self, budget: Budget, reserve_seconds: float) -> None:
+        total = budget.remaining()
+        self.budget = budget
+        self.reserve = min(reserve_seconds, RESERVE_SHARE * total)
+        self.stage_cap = STAGE_SHARE * total
+
+    def early_timeout(self) -> float:
+        """Identity and profile calls: capped, keeping the reserve."""
+        return self.budget.timeout(reserve=self.reserve, cap=self.stage_cap)
+
+    def last_timeout(self) -> float:
+        """Scoring and inventory: everything left but the reserve."""
+        return self.budget.timeout(reserve=self.reserve)
+
+
+async def _attempt(call: Awaitable[T]) -> tuple[T | None, str | None]:
+    """(result, None), or (None, degraded reason) when the dependency failed."""
+    try:
+        return await call, None
+    except DependencyError as exc:
+        log.warning("dependency failed: %s", exc, extra={"reason": exc.reason})
+        return None, exc.reason
+
+
+async def _skipped() -> tuple[None, None]:
+    return None, None
+
+
+class DecisionService:
+    """Decide, PrioritizeCall and RecordOutcome; the catalogue is held in memory (`use_catalogue` on start)."""
+
+    def __init__(
+        self,
+        gateways: Gateways,
+        repository: DecisionRepository,
+        policy: DecisionPolicy,
+        on_new_outcome: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.gateways = gateways
+        self.repository = repository
+        self.policy = policy
+        self._on_new_outcome = on_new_outcome
+        self._catalogue: Catalogue | None = None
+
+    def use_catalogue(self, catalogue: Catalogue) -> None:
+        self._catalogue = catalogue
+
+    @property
+    def catalogue(self) -> Catalogue:
+        if self._catalogue is None:
+            raise FailedPrecondition("the offer catalogue is not loaded yet")
+        return self._catalogue
+
+    async def decide(self, request: DecideInput, budget: Budget) -> Decision:
+        validate_decide(request)
+        plan = _Plan(budget, self.policy.reserve_seconds)
+        degraded: list[str] = []
+        customer = await self._customer(request.customer, plan, degraded)
+        max_offers = request.max_offers or self.policy.default_max_offers[request.channel]
+        conclusion, scores = await self._offers(request.channel, request.context, customer, max_offers, plan, degraded)
+        summary = {"rpc": "Decide", "max_offers": request.max_offers}
+        return await self._persist(
+            request.channel, request.customer, request.context, customer, conclusion, scores, degraded, summary
+        )
+
+    async def prioritize_call(self, ref: CustomerRef, call_reason: str, budget: Budget) -> CallDecision:
+        validate_customer(ref)
+        plan = _Plan(budget, self.policy.reserve_seconds)
+        degraded: list[str] = []
+        customer = await self._customer(ref, plan, degraded)
+        priority = call_priority(customer, call_reason)
+        ctx = Context(call_reason=call_reason)
+        conclusion, scores = await self._offers("call_center", ctx, customer, 1, plan, degraded)
+        summary = {"rpc": "PrioritizeCall", "priority": asdict(priority)}
+        decision = await self._persist("call_center", ref, ctx, customer, conclusion, scores, degraded, summary)
+        return CallDecision(priority, decision)
+
+    async def record_outcome(self, outcome: OutcomeInput) -> bool:
+        """Record an outcome once; True when its id was already recorded (nothing changed)."""
+        validate_outcome(outcome)
+        found = await self.repository.decision_for_outcome(outcome.decision_id)
+        if found is None:
+            raise NotFound(f"decision {outcome.decision_id} not found")
+        customer_id, offer_ids = found
+        if outcome.offer_id not in offer_ids:
+            raise InvalidArgument("offer_id", f"decision {outcome.decision_id} did not return offer {outcome.offer_id}")
+        now = utcnow()
+        inserted = await self.repository.insert_outcome(
+            {
+                "outcome_id": outcome.outcome_id,
+                "decision_id": outcome.decision_id,
+                "offer_id": outcome.offer_id,
+                "type": outcome.type,
+                "occurred_at": outcome.occurred_at or now,
+                "recorded_at": now,
+                "revenue": outcome.revenue,
+                "customer_id": customer_id,
+                # An anonymous visitor has no profile to update: nothing to forward.
+                "forwarded_at": None if customer_id else now,
+                "forward_note": None if customer_id else "anonymous: no profile to update",
+            }
+        )
+        if inserted and customer_id:
+            self._on_new_outcome()
+        return not inserted
+
+    async def _customer(self, ref: CustomerRef, plan: _Plan, degraded: list[str]) -> CustomerView:
+        """Resolve the customer, then read their profile and consent in parallel."""
+        customer_id = ref.customer_id
+        if not customer_id:
+            resolved, failure = await _attempt(
+                self.gateways.identity.resolve(ref.identifiers, plan.early_timeout(), field="customer")
+            )
+            if failure:
+                degraded.append(failure)  # carry on as an anonymous visitor
+            customer_id = resolved or ""
+        if not customer_id:
+            return ANONYMOUS
+        timeout = plan.early_timeout()
+        (profile, profile_failure), (consents, consent_failure) = await asyncio.gather(
+            _attempt(self.gateways.profile.profile(customer_id, timeout)),
+            _attempt(self.gateways.identity.consents(customer_id, timeout)),
+        )
+        degraded.extend(reason for reason in (profile_failure, consent_failure) if reason)
+        traits, features = profile if profile is not None else (Traits(), NO_FEATURES)
+        return CustomerView(
+            customer_id=customer_id,
+            known=profile is not None,
+            traits=traits,
+            features=features,
+            consents=None if consent_failure else consents,
+        )
+
+    async def _offers(
+        self, channel: str, ctx: Context, customer: CustomerView, max_offers: int, plan: _Plan, degraded: list[str]
+    ) -> tuple[Conclusion, Scores | None]:
+        """Screen the catalogue, score and check stock in parallel, then conclude (pure)."""
+        catalogue = self.catalogue
+        screening = screen(catalogue, channel, ctx, customer, utcnow())
+        product_ids = products_to_check(screening.eligible, channel, ctx, catalogue)
+        timeout = plan.last_timeout()
+        if screening.eligible:
+            features = request_context(channel, ctx)
+            candidates = [(o.id, offer_features(o, features, catalogue)) for o in screening.eligible]
+            scoring = _attempt(
+                self.gateways.scoring.score(customer.customer_id, customer.features, candidates, timeout)
+            )
+        else:
+            scoring = _skipped()
+        # The web and the call centre sell from the warehouse; POS shows this store's and nearby stock.
+        locations = [] if channel == "pos" else [self.policy.warehouse_id]
+        inventory = (
+            _attempt(self.gateways.inventory.availability(product_ids, locations, timeout))
+            if product_ids
+            else _skipped()
+        )
+        (scores, scoring_failure), (levels, inventory_failure) = await asyncio.gather(scoring, inventory)
+        degraded.extend(reason for reason in (scoring_failure, inventory_failure) if reason)
+        conclusion = conclude(
+            catalogue=catalogue,
+            channel=channel,
+            ctx=ctx,
+            customer=customer,
+            screening=screening,
+            scores=scores,
+            stock=None if inventory_failure else StockView(levels or ()),
+            warehouse_id=self.policy.warehouse_id,
+            policy=self.policy.arbitration,
+            max_offers=max_offers,
+        )
+        return conclusion, scores
+
+    async def _persist(
+        self,
+        channel: str,
+        ref: CustomerRef,
+        ctx: Context,
+        customer: CustomerView,
+        conclusion: Conclusion,
+        scores: Scores | None,
+        degraded: list[str],
+        summary: dict[str, Any],
+    ) -> Decision:
+        """Persist the decision (one INSERT) and return it."""
+        decision = Decision(
+            decision_id=uuid.uuid4().hex,
+            customer_id=customer.customer_id,
+            channel=channel,
+            offers=conclusion.offers,
+            degraded_reasons=tuple(degraded),
+            catalogue_version=self.catalogue.version,
+            model_version=scores.model_version if scores is not None else "",
+            decided_at=utcnow(),
+        )
+        request = {
+            **summary,
+            "customer": {"customer_id": ref.customer_id, "identifier_types": [kind for kind, _ in ref.identifiers]},
+            "context": asdict(ctx),
+            "request_context": asdict(request_context(channel, ctx)),
+            "known_customer": customer.known,
+        }
+        offers = [
+            {
+                "offer_id": o.offer_id,
+                "type": o.type,
+                "rank": o.rank,
+                "score": o.score,
+                "propensity": o.propensity,
+                "value": o.value,
+                "lever": o.lever,
+                "reason_codes": list(o.reason_codes),
+                "sku": o.prefill.sku if o.prefill else None,
+            }
+            for o in decision.offers
+        ]
+        await self.repository.save_decision(
+            {
+                "decision_id": decision.decision_id,
+                "customer_id": decision.customer_id,
+                "channel": channel,
+                "created_at": decision.decided_at,
+                "request": request,
+                "offers": offers,
+                "degraded": decision.degraded,
+                "degraded_reasons": list(decision.degraded_reasons),
+                "catalogue_version": decision.catalogue_version,
+                "model_version": decision.model_version,
+                "trace": conclusion.trace,
+            }
+        )
+        return decision

@@ -1,0 +1,124 @@
+"""The DecisionService gRPC servicer: protobuf -> domain input -> DecisionService -> protobuf."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import grpc
+from nextbest.common.v1 import common_pb2
+from nextbest.decision.v1 import decision_service_pb2 as pb
+from nextbest.decision.v1 import decision_service_pb2_grpc as pb_grpc
+
+from libs.clients import Budget
+from libs.protoconv import from_timestamp, to_timestamp
+from services.decision.convert import CALL_TIER_NUMBERS, CHANNEL_NAMES, OFFER_TYPE_NUMBERS, OUTCOME_TYPE_NAMES
+from services.decision.domain.model import (
+    CartLine,
+    Context,
+    CustomerRef,
+    DecidedOffer,
+    DecideInput,
+    OutcomeInput,
+)
+from services.decision.orchestrator import DecisionService
+
+
+def customer_ref(ref: common_pb2.CustomerRef) -> CustomerRef:
+    return CustomerRef(ref.customer_id, tuple((i.type, i.value) for i in ref.identifiers))
+
+
+def decision_context(ctx: pb.DecisionContext) -> Context:
+    return Context(
+        page=ctx.page,
+        sku=ctx.sku,
+        dwell_seconds=ctx.dwell.seconds + ctx.dwell.nanos / 1e9,
+        cart=tuple(CartLine(line.sku, line.quantity, line.unit_price) for line in ctx.cart),
+        store_id=ctx.store_id,
+        call_reason=ctx.call_reason,
+    )
+
+
+def ranked_offer(offer: DecidedOffer) -> pb.RankedOffer:
+    message = pb.RankedOffer(
+        offer_id=offer.offer_id,
+        name=offer.name,
+        type=OFFER_TYPE_NUMBERS[offer.type],
+        rank=offer.rank,
+        score=offer.score,
+        propensity=offer.propensity,
+        value=offer.value,
+        lever=offer.lever,
+        reason_codes=offer.reason_codes,
+        script=offer.script,
+        stock=[pb.StockHint(sku=h.sku, location_id=h.location_id, on_hand=h.on_hand) for h in offer.stock],
+    )
+    if offer.prefill is not None:
+        p = offer.prefill
+        message.prefill.CopyFrom(
+            pb.CartPrefill(
+                sku=p.sku, quantity=p.quantity, size=p.size, colour=p.colour, shipping_method=p.shipping_method
+            )
+        )
+    return message
+
+
+class DecisionServicer(pb_grpc.DecisionServiceServicer):
+    def __init__(self, service: DecisionService, default_budgets: Mapping[str, float]) -> None:
+        self._service = service
+        self._budgets = default_budgets
+        self._fallback_budget = min(default_budgets.values())
+
+    def _budget(self, context: grpc.aio.ServicerContext, channel: str) -> Budget:
+        return Budget.from_context(context, self._budgets.get(channel, self._fallback_budget))
+
+    async def Decide(self, request: pb.DecideRequest, context: grpc.aio.ServicerContext) -> pb.DecideResponse:
+        channel = CHANNEL_NAMES.get(request.channel, "unknown")
+        decision = await self._service.decide(
+            DecideInput(channel, customer_ref(request.customer), decision_context(request.context), request.max_offers),
+            self._budget(context, channel),
+        )
+        return pb.DecideResponse(
+            decision_id=decision.decision_id,
+            customer_id=decision.customer_id,
+            offers=[ranked_offer(o) for o in decision.offers],
+            degraded=decision.degraded,
+            degraded_reasons=decision.degraded_reasons,
+            catalogue_version=decision.catalogue_version,
+            model_version=decision.model_version,
+            decided_at=to_timestamp(decision.decided_at),
+        )
+
+    async def RecordOutcome(
+        self, request: pb.RecordOutcomeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordOutcomeResponse:
+        duplicate = await self._service.record_outcome(
+            OutcomeInput(
+                outcome_id=request.outcome_id,
+                decision_id=request.decision_id,
+                offer_id=request.offer_id,
+                type=OUTCOME_TYPE_NAMES.get(request.type, "unknown"),
+                occurred_at=from_timestamp(request.occurred_at) if request.HasField("occurred_at") else None,
+                revenue=request.revenue,
+            )
+        )
+        return pb.RecordOutcomeResponse(duplicate=duplicate)
+
+    async def PrioritizeCall(
+        self, request: pb.PrioritizeCallRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PrioritizeCallResponse:
+        answer = await self._service.prioritize_call(
+            customer_ref(request.customer), request.call_reason, self._budget(context, "call_center")
+        )
+        decision = answer.decision
+        response = pb.PrioritizeCallResponse(
+            decision_id=decision.decision_id,
+            customer_id=decision.customer_id,
+            priority=answer.priority.priority,
+            tier=CALL_TIER_NUMBERS[answer.priority.tier],
+            reasons=answer.priority.reasons,
+            degraded=decision.degraded,
+            degraded_reasons=decision.degraded_reasons,
+        )
+        if decision.offers:
+            response.next_best_action.CopyFrom(ranked_offer(decision.offers[0]))
+        return response

@@ -1,0 +1,55 @@
+"""Settings of the decision service (prefix NEXTBEST_DECISION_): dependency targets, budgets, policy knobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from libs.settings import ServiceSettings
+
+
+class DecisionSettings(ServiceSettings):
+    """The orchestrator's settings; budgets apply only when the client sends no deadline of its own."""
+
+    model_config = SettingsConfigDict(env_prefix="NEXTBEST_DECISION_", extra="ignore")
+
+    service_name: str = "decision"
+    port: int = Field(50050, ge=0, le=65535)
+
+    identity_target: str = Field("127.0.0.1:50051", description="host:port of the identity service.")
+    profile_target: str = Field("127.0.0.1:50052", description="host:port of the profile service.")
+    scoring_target: str = Field("127.0.0.1:50053", description="host:port of the scoring service.")
+    inventory_target: str = Field("127.0.0.1:50054", description="host:port of the inventory service.")
+    catalogue_dir: Path | None = Field(
+        None, description="Folder with offers.json and products.json; unset means <data_dir>/catalogue."
+    )
+
+    budget_web_ms: float = Field(100, gt=0, description="Decide budget for the web when the client sends no deadline.")
+    budget_pos_ms: float = Field(250, gt=0, description="Decide budget for POS when the client sends no deadline.")
+    budget_call_center_ms: float = Field(
+        250, gt=0, description="Decide/PrioritizeCall budget for the call centre when the client sends no deadline."
+    )
+    reserve_ms: float = Field(
+        15, ge=0, description="Time kept back from the dependency calls for arbitration and persisting the decision."
+    )
+
+    max_offers_web: int = Field(3, ge=1, le=20, description="Offers returned to the web when the request says 0.")
+    max_offers_pos: int = Field(3, ge=1, le=20, description="Offers returned to POS when the request says 0.")
+    max_offers_call_center: int = Field(1, ge=1, le=20, description="Offers returned to the call centre by default.")
+
+    warehouse_location_id: str = Field("DC1", description="Location whose stock backs web and call-centre offers.")
+    min_priority: float = Field(0.0, ge=0, description="Offers scoring below this are dropped.")
+    long_dwell_seconds: float = Field(
+        30, gt=0, description="Dwell on a product at or above which its offers get the long-dwell weight."
+    )
+
+    outbox_batch_size: int = Field(100, ge=1, le=1000, description="Outcomes forwarded to the profile per call.")
+    outbox_interval_seconds: float = Field(
+        1.0, gt=0, description="How often pending outcomes are forwarded (and retried after a failure)."
+    )
+
+    @property
+    def resolved_catalogue_dir(self) -> Path:
+        return self.catalogue_dir if self.catalogue_dir is not None else self.common.data_dir / "catalogue"

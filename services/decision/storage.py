@@ -1,0 +1,158 @@
+"""Decision log and outcome outbox: SQLAlchemy Core tables and the repository (no ORM on the hot path).
+
+Every decision is one INSERT; an outcome is one INSERT … ON CONFLICT DO NOTHING keyed by its outcome id, which
+makes RecordOutcome idempotent even for concurrent duplicates. Outcomes with `forwarded_at` NULL are the outbox.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    Table,
+    Text,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from libs.db import as_utc, insert_for, translate_errors
+from services.decision.domain.model import PendingOutcome
+
+metadata = MetaData()
+
+decisions = Table(
+    "decision_decisions",
+    metadata,
+    Column("decision_id", String(32), primary_key=True),
+    Column("customer_id", String(128), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("request", JSON, nullable=False),
+    Column("offers", JSON, nullable=False),
+    Column("degraded", Boolean, nullable=False),
+    Column("degraded_reasons", JSON, nullable=False),
+    Column("catalogue_version", String(64), nullable=False),
+    Column("model_version", String(64), nullable=False),
+    Column("trace", JSON, nullable=False),
+)
+Index("ix_decision_decisions_customer_created", decisions.c.customer_id, decisions.c.created_at)
+Index("ix_decision_decisions_created", decisions.c.created_at)
+
+outcomes = Table(
+    "decision_outcomes",
+    metadata,
+    Column("outcome_id", String(128), primary_key=True),
+    Column("decision_id", String(32), ForeignKey("decision_decisions.decision_id"), nullable=False),
+    Column("offer_id", String(128), nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Column("revenue", Float, nullable=False),
+    Column("customer_id", String(128), nullable=False),
+    Column("forwarded_at", DateTime(timezone=True), nullable=True),
+    #: Why an outcome was settled without reaching a profile (anonymous, rejected as malformed).
+    Column("forward_note", Text, nullable=True),
+)
+Index("ix_decision_outcomes_decision", outcomes.c.decision_id)
+Index(
+    "ix_decision_outcomes_pending",
+    outcomes.c.recorded_at,
+    sqlite_where=outcomes.c.forwarded_at.is_(None),
+    postgresql_where=outcomes.c.forwarded_at.is_(None),
+)
+
+
+
+
+class DecisionRepository:
+    """The decision log and the outcome outbox; a connection per call, never shared between tasks."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._insert = insert_for(engine)
+
+    async def save_decision(self, row: Mapping[str, Any]) -> None:
+        async with translate_errors("decision log"), self.engine.begin() as conn:
+            await conn.execute(decisions.insert(), [dict(row)])
+
+    async def decision_for_outcome(self, decision_id: str) -> tuple[str, list[str]] | None:
+        """(customer id, ids of the offers the decision returned), or None when there is no such decision."""
+        async with translate_errors("decision log"), self.engine.connect() as conn:
+            found = (
+                await conn.execute(
+                    select(decisions.c.customer_id, decisions.c.offers).where(decisions.c.decision_id == decision_id)
+                )
+            ).first()
+        if found is None:
+            return None
+        return found.customer_id, [offer["offer_id"] for offer in found.offers]
+
+    async def insert_outcome(self, row: Mapping[str, Any]) -> bool:
+        """Insert unless the outcome id is already recorded; True when this call inserted it."""
+        statement = (
+            self._insert(outcomes)
+            .values(**row)
+            .on_conflict_do_nothing(index_elements=[outcomes.c.outcome_id])
+            .returning(outcomes.c.outcome_id)
+        )
+        async with translate_errors("outcome"), self.engine.begin() as conn:
+            return (await conn.execute(statement)).first() is not None
+
+    async def pending_outcomes(self, limit: int) -> list[PendingOutcome]:
+        """The oldest outcomes not yet forwarded to the profile service."""
+        statement = (
+            select(
+                outcomes.c.outcome_id,
+                outcomes.c.customer_id,
+                outcomes.c.decision_id,
+                outcomes.c.offer_id,
+                outcomes.c.type,
+                outcomes.c.occurred_at,
+            )
+            .where(outcomes.c.forwarded_at.is_(None))
+            .order_by(outcomes.c.recorded_at, outcomes.c.outcome_id)
+            .limit(limit)
+        )
+        async with translate_errors("outbox"), self.engine.connect() as conn:
+            rows = (await conn.execute(statement)).all()
+        return [
+            PendingOutcome(r.outcome_id, r.customer_id, r.decision_id, r.offer_id, r.type, as_utc(r.occurred_at))
+            for r in rows
+        ]
+
+    async def mark_forwarded(self, outcome_ids: Sequence[str], at: datetime, notes: Mapping[str, str]) -> None:
+        """Settle outcomes: forwarded, or (with a note) given up on because the profile rejected them."""
+        plain = [oid for oid in outcome_ids if oid not in notes]
+        async with translate_errors("outbox"), self.engine.begin() as conn:
+            if plain:
+                await conn.execute(update(outcomes).where(outcomes.c.outcome_id.in_(plain)).values(forwarded_at=at))
+            for outcome_id, note in notes.items():
+                await conn.execute(
+                    update(outcomes)
+                    .where(outcomes.c.outcome_id == outcome_id)
+                    .values(forwarded_at=at, forward_note=note)
+                )
+
+    async def outcome(self, outcome_id: str) -> dict[str, Any] | None:
+        """One outcome row as stored (for tools and tests)."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(outcomes).where(outcomes.c.outcome_id == outcome_id))).first()
+        return dict(row._mapping) if row is not None else None
+
+    async def decision(self, decision_id: str) -> dict[str, Any] | None:
+        """One decision row as stored (for tools and tests)."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(decisions).where(decisions.c.decision_id == decision_id))).first()
+        return dict(row._mapping) if row is not None else None
