@@ -20,7 +20,7 @@ gen/.stamp: $(PROTOS) | $(BIN)/python
 
 # The editable install maps the generated `nextbest` package, so it runs after code generation.
 $(INSTALLED): pyproject.toml gen/.stamp
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,bench]'
 	touch $@
 
 install: $(INSTALLED)
@@ -43,6 +43,13 @@ test-integration: install
 	$(BIN)/python -m pytest tests/integration
 test-e2e: install
 	$(BIN)/python -m pytest tests/e2e
+
+## bench: the load benchmark of the whole mesh against a same-run fan-out baseline (results/ gets JSON + PNG)
+bench: install
+	$(BIN)/nextbest bench
+
+bench-quick: install
+	$(BIN)/nextbest bench --quick
 
 lint: install
 	$(BIN)/pip install -q -e '.[lint]'

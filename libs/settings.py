@@ -26,8 +26,8 @@ class CommonSettings(BaseSettings):
         "unset means one SQLite file per service in data_dir.",
     )
     host: str = Field("127.0.0.1", description="Interface the services bind to.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of every service.")
+    log_format: Literal["json", "text"] = Field("json", description="JSON lines with trace ids, or plain text.")
     otlp_endpoint: str | None = Field(None, description="OTLP/gRPC endpoint for traces; unset means no export.")
     shutdown_grace_seconds: float = Field(5.0, ge=0, description="How long a stopping server drains.")
 
@@ -39,7 +39,7 @@ class ServiceSettings(BaseSettings):
 
     #: Service name, set by each subclass (also the SQLite file name and the OpenTelemetry service name).
     service_name: str = ""
-    port: int = Field(0, ge=0, le=65535)
+    port: int = Field(0, ge=0, le=65535, description="gRPC port of this service.")
     database_url: str | None = Field(None, description="Overrides NEXTBEST_DATABASE_URL for this service only.")
     common: CommonSettings = Field(default_factory=CommonSettings)
 

@@ -16,7 +16,7 @@ class DecisionSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="NEXTBEST_DECISION_", extra="ignore")
 
     service_name: str = "decision"
-    port: int = Field(50050, ge=0, le=65535)
+    port: int = Field(50050, ge=0, le=65535, description="gRPC port of the decision service.")
 
     identity_target: str = Field("127.0.0.1:50051", description="host:port of the identity service.")
     profile_target: str = Field("127.0.0.1:50052", description="host:port of the profile service.")

@@ -12,7 +12,7 @@ class InventorySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="NEXTBEST_INVENTORY_", extra="ignore")
 
     service_name: str = "inventory"
-    port: int = Field(50054, ge=0, le=65535)
+    port: int = Field(50054, ge=0, le=65535, description="gRPC port of the inventory service.")
     max_items: int = Field(
         1000,
         ge=1,
