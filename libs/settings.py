@@ -29,6 +29,9 @@ class CommonSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of every service.")
     log_format: Literal["json", "text"] = Field("json", description="JSON lines with trace ids, or plain text.")
     otlp_endpoint: str | None = Field(None, description="OTLP/gRPC endpoint for traces; unset means no export.")
+    trace_sample_ratio: float = Field(
+        1.0, ge=0, le=1, description="Share of traces recorded and exported (when an OTLP endpoint is set)."
+    )
     shutdown_grace_seconds: float = Field(5.0, ge=0, description="How long a stopping server drains.")
 
 

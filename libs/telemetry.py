@@ -15,6 +15,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
 
 from libs.settings import CommonSettings
 
@@ -67,11 +68,18 @@ def setup_logging(service: str, settings: CommonSettings) -> None:
 
 
 def setup_tracing(service: str, settings: CommonSettings) -> TracerProvider:
-    """Install the process-wide tracer provider; export over OTLP/gRPC only when an endpoint is set."""
+    """Install the process-wide tracer provider; record and export over OTLP/gRPC only when an endpoint is set.
+
+    Without an endpoint nothing is recorded (recording spans nobody reads costs CPU on every hop), but spans
+    still get trace ids, so log lines carry them and the context still propagates to the next service.
+    """
     current = trace.get_tracer_provider()
     if isinstance(current, TracerProvider):  # already installed in this process (e.g. several services in tests)
         return current
-    provider = TracerProvider(resource=Resource.create({"service.name": f"nextbest-{service}"}))
+    sampler = ParentBased(TraceIdRatioBased(settings.trace_sample_ratio)) if settings.otlp_endpoint else ALWAYS_OFF
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": f"nextbest-{service}"}), sampler=sampler
+    )
     if settings.otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
