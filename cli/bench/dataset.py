@@ -1,12 +1,16 @@
-"""The bench's own seeded demo retailer: where it lives, when it is reused, and reading it back.
+"""The bench's own seeded demo retailer: where it lives, when it is reused, the fresh copy each run works on,
+and reading it back.
 
-SQLite: `<root>/sqlite-<customers>/` holds the databases. PostgreSQL (NEXTBEST_DATABASE_URL set, or --postgres):
-the same server, but the bench's own database `nextbest_bench_<customers>`, created when missing, so a developer's
-database is never touched; `<root>/postgres-<customers>/` holds the catalogue, models and the seed marker.
+Seeding 10,000 customers takes about 90 s, so the seeded data is kept and reused while its `seeded.json` marker
+shows the same parameters (the output says so); `--fresh` deletes it and seeds again. Every run then works on a
+fresh copy of it, so runs start from the same state and never accumulate each other's decisions and events:
 
-Seeding 10,000 customers takes about 90 s, so a data set whose `seeded.json` marker shows the same parameters is
-reused (and the output says so); `--fresh` deletes it (drops and recreates the PostgreSQL database) and seeds again.
-Seeding runs `cli.demo.seed.seed` in a child process whose environment points at the bench's data.
+- SQLite: seeded into `<root>/sqlite-<customers>/seeded/`, copied to `<root>/sqlite-<customers>/run/`.
+- PostgreSQL (NEXTBEST_DATABASE_URL set, or --postgres): the same server, but the bench's own databases —
+  `nextbest_bench_<customers>` seeded, `nextbest_bench_<customers>_run` created from it as a template — so a
+  developer's database is never touched; the folders hold the catalogue, models, marker and logs.
+
+Seeding runs `cli.demo.seed.seed` in a child process whose environment points at the seeded data.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import multiprocessing
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,26 +42,29 @@ class Dataset:
     backend: str  # "sqlite" or "postgresql"
     customers: int
     seed: int
-    data_dir: Path
-    #: The shared PostgreSQL URL of the services; None on SQLite (a file per service in data_dir).
-    database_url: str | None
+    seeded_dir: Path
+    run_dir: Path
+    #: The services' shared PostgreSQL URLs (seeded, and the run's copy); None on SQLite (files in the folders).
+    seeded_url: str | None
+    run_url: str | None
     reused: bool = False
     seed_seconds: float = 0.0
     seeded_at: str = ""
+    copy_seconds: float = 0.0
 
     def service_url(self, service: str) -> str:
-        """The service's database URL, as the service itself resolves it."""
-        common = CommonSettings(data_dir=self.data_dir.resolve(), database_url=self.database_url)
+        """The service's database URL in the run's copy, as the service itself resolves it."""
+        common = CommonSettings(data_dir=self.run_dir.resolve(), database_url=self.run_url)
         return ServiceSettings(service_name=service, database_url=None, common=common).resolved_database_url
 
     @property
     def redacted_url(self) -> str | None:
-        return make_url(self.database_url).render_as_string(hide_password=True) if self.database_url else None
+        return make_url(self.run_url).render_as_string(hide_password=True) if self.run_url else None
 
 
 def bench_database_url(customers: int, postgres: bool, environ: Mapping[str, str]) -> str | None:
-    """The bench's PostgreSQL database on the configured server (or the local default with --postgres); None for
-    SQLite."""
+    """The bench's seeded PostgreSQL database on the configured server (or the local default with --postgres);
+    None for SQLite."""
     configured = environ.get("NEXTBEST_DATABASE_URL")
     if configured and make_url(configured).get_backend_name() == "postgresql":
         base = make_url(configured)
@@ -67,56 +75,81 @@ def bench_database_url(customers: int, postgres: bool, environ: Mapping[str, str
     return base.set(database=f"nextbest_bench_{customers}").render_as_string(hide_password=False)
 
 
-async def ensure_database(url: str, recreate: bool) -> bool:
-    """Create the bench database if missing (drop it first when `recreate`); True when it was created."""
+def _admin_engine(url: str):
+    return create_async_engine(make_url(url).set(database="postgres"), isolation_level="AUTOCOMMIT")
+
+
+async def create_database(url: str, *, replace: bool, template: str | None = None) -> bool:
+    """Create the database of `url` (from `template` if given) unless it exists; `replace` drops it first.
+    True when it was created."""
     name = make_url(url).database
-    admin = create_async_engine(make_url(url).set(database="postgres"), isolation_level="AUTOCOMMIT")
+    admin = _admin_engine(url)
     try:
         async with admin.connect() as connection:
             exists = await connection.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})
-            if exists and recreate:
+            if exists and not replace:
+                return False
+            if exists:
                 await connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-            if not exists or recreate:
-                await connection.execute(text(f'CREATE DATABASE "{name}"'))
-                return True
-            return False
+            await connection.execute(text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
+            return True
     finally:
         await admin.dispose()
 
 
 async def prepare(root: Path, customers: int, seed: int, database_url: str | None, fresh: bool,
                   out: Callable[[str], None], impressions: int | None = None) -> Dataset:
-    """Reuse or seed the bench's data set (see the module docstring)."""
-    backend = "postgresql" if database_url else "sqlite"
-    dataset = Dataset(backend, customers, seed, root / f"{'postgres' if database_url else 'sqlite'}-{customers}",
-                      database_url)
-    marker = dataset.data_dir / MARKER
+    """Reuse or seed the bench's data set, then make the run's fresh copy (see the module docstring)."""
+    folder = root / f"{'postgres' if database_url else 'sqlite'}-{customers}"
+    run_url = None
+    if database_url:
+        run_url = make_url(database_url).set(database=f"{make_url(database_url).database}_run")
+        run_url = run_url.render_as_string(hide_password=False)
+    dataset = Dataset("postgresql" if database_url else "sqlite", customers, seed, folder / "seeded", folder / "run",
+                      database_url, run_url)
+    marker = dataset.seeded_dir / MARKER
     if fresh:
-        shutil.rmtree(dataset.data_dir, ignore_errors=True)
-    if database_url and await ensure_database(database_url, recreate=fresh):
+        shutil.rmtree(dataset.seeded_dir, ignore_errors=True)
+    if database_url and await create_database(database_url, replace=fresh):
         marker.unlink(missing_ok=True)  # a new, empty database: whatever the marker says is not in it
     recorded = orjson.loads(marker.read_bytes()) if marker.exists() else None
     if recorded and recorded.get("parameters") == {"customers": customers, "seed": seed}:
         dataset.reused = True
         dataset.seeded_at = recorded.get("seeded_at", "")
         dataset.seed_seconds = float(recorded.get("summary", {}).get("timings", {}).get("total", 0.0))
-        out(f"reusing the seeded bench data in {dataset.data_dir} ({customers} customers, seed {seed}, seeded "
-            f"{dataset.seeded_at}{', database ' + str(dataset.redacted_url) if database_url else ''}); "
-            "--fresh seeds again")
-        return dataset
-    out(f"seeding {customers} demo customers into {dataset.data_dir}"
-        f"{' and ' + str(dataset.redacted_url) if database_url else ''} (about 90 s per 10,000; reused next time)")
-    started = asyncio.get_running_loop().time()
-    await _seed_in_child(dataset, force=recorded is not None, impressions=impressions)
-    dataset.seed_seconds = round(asyncio.get_running_loop().time() - started, 1)
-    dataset.seeded_at = orjson.loads(marker.read_bytes()).get("seeded_at", "")
+        out(f"reusing the seeded bench data in {dataset.seeded_dir} ({customers:,} customers, seed {seed}, seeded "
+            f"{dataset.seeded_at}); --fresh seeds again")
+    else:
+        out(f"seeding {customers:,} demo customers into {dataset.seeded_dir}"
+            f"{' and database ' + make_url(database_url).database if database_url else ''} "
+            "(about 90 s per 10,000; reused next time)")
+        started = time.monotonic()
+        await _seed_in_child(dataset, force=recorded is not None, impressions=impressions)
+        dataset.seed_seconds = round(time.monotonic() - started, 1)
+        dataset.seeded_at = orjson.loads(marker.read_bytes()).get("seeded_at", "")
+    started = time.monotonic()
+    await _fresh_copy(dataset)
+    dataset.copy_seconds = round(time.monotonic() - started, 1)
+    out(f"fresh copy for this run in {dataset.run_dir}{' and database ' + make_url(run_url).database if run_url else ''}"
+        f" ({dataset.copy_seconds:.1f}s)")
     return dataset
 
 
+async def _fresh_copy(dataset: Dataset) -> None:
+    """The run's copy of the seeded data: the folder (SQLite databases included) and the PostgreSQL database."""
+    def copy_folder() -> None:
+        shutil.rmtree(dataset.run_dir, ignore_errors=True)
+        shutil.copytree(dataset.seeded_dir, dataset.run_dir, ignore=shutil.ignore_patterns("logs"))
+
+    await asyncio.to_thread(copy_folder)
+    if dataset.run_url:
+        await create_database(dataset.run_url, replace=True, template=make_url(dataset.seeded_url).database)
+
+
 async def _seed_in_child(dataset: Dataset, force: bool, impressions: int | None) -> None:
-    env = {"NEXTBEST_DATA_DIR": str(dataset.data_dir), "NEXTBEST_LOG_LEVEL": "WARNING"}
-    if dataset.database_url:
-        env["NEXTBEST_DATABASE_URL"] = dataset.database_url
+    env = {"NEXTBEST_DATA_DIR": str(dataset.seeded_dir), "NEXTBEST_LOG_LEVEL": "WARNING"}
+    if dataset.seeded_url:
+        env["NEXTBEST_DATABASE_URL"] = dataset.seeded_url
     context = multiprocessing.get_context("spawn")
     child = context.Process(target=_seed_main, args=(env, dataset.customers, dataset.seed, force, impressions),
                             name="nextbest-bench-seed")
@@ -124,9 +157,13 @@ async def _seed_in_child(dataset: Dataset, force: bool, impressions: int | None)
     try:
         await asyncio.to_thread(child.join)
     finally:
-        if child.is_alive():  # interrupted: do not leave it seeding
-            child.terminate()
-            child.join(10)
+        if child.is_alive():
+            # Interrupted. Ctrl-C reached the seeder too (same process group): give it time to stop the identity
+            # process it started, then make sure it is gone.
+            await asyncio.to_thread(child.join, 20)
+            if child.is_alive():
+                child.terminate()
+                child.join(10)
     if child.exitcode != 0:
         raise RuntimeError(f"seeding failed (exit code {child.exitcode})")
 

@@ -3,10 +3,13 @@ call to inventory (through the DelayProxy the decision service's inventory targe
 clients saw: answers over their budget, errors, degraded answers, and how long after each dependency came back
 answers were still degraded (the recovery time).
 
-Recovery of a fault = scheduled send of the last answer degraded *by that dependency* sent after it returned,
-minus the instant it returned (0 when none); "returned" is the restarted scoring service reporting SERVING, or
-the delay being switched off. It counts as recovered when clean answers follow for at least the last second of
-the observation window (which ends at the next fault or the end of the run).
+Recovery of a fault: "returned" is the restarted scoring service reporting SERVING, or the delay being switched
+off. Looking at the answers degraded *by that dependency* whose send was scheduled after it returned, the
+recovery time is from the return to the last such answer before the first full second without any (0 when there
+is none) — the degraded rate is back to 0 from there. `settled_s` is to the very last one in the observation
+window (which ends at the next fault or the end of the run) and `relapses` counts those after the clean second:
+on an overloaded mesh, timeouts keep degrading answers now and then. No clean second in the window: not
+recovered.
 """
 
 from __future__ import annotations
@@ -40,12 +43,13 @@ class FaultPlan:
         return self.lead + self.scoring_down + self.restart_allowance + self.settle + self.delay_for + self.tail
 
     def scaled(self, factor: float) -> FaultPlan:
-        """Shorter phases for smoke runs (never below a second; the delay itself is not scaled)."""
-        def s(seconds: float) -> float:
-            return max(1.0, seconds * factor)
+        """Shorter phases for smoke runs; the delay itself is not scaled, and the windows after each return stay
+        long enough (3 s) to see clean answers follow."""
+        def s(seconds: float, floor: float = 1.0) -> float:
+            return max(floor, seconds * factor)
 
-        return FaultPlan(self.rate, s(self.lead), s(self.scoring_down), self.restart_allowance, s(self.settle),
-                         self.inventory_delay, s(self.delay_for), s(self.tail))
+        return FaultPlan(self.rate, s(self.lead), s(self.scoring_down), self.restart_allowance, s(self.settle, 3.0),
+                         self.inventory_delay, s(self.delay_for), s(self.tail, 3.0))
 
 
 @dataclass
@@ -85,19 +89,26 @@ async def inject(plan: FaultPlan, mesh, proxy: DelayProxy, start: float) -> list
     return [scoring, inventory]
 
 
+CLEAN_SECONDS = 1.0
+
+
 def recovery(samples: Samples, bit: int, returned: float, window_end: float) -> dict:
     """Recovery after a dependency returned at `returned` (phase seconds); see the module docstring."""
-    decisions = set(samples.indices(DECISION_CHANNELS))
-    late = [
-        samples.sched[i] for i in decisions
+    late = sorted(
+        samples.sched[i] for i in samples.indices(DECISION_CHANNELS)
         if returned <= samples.sched[i] < window_end and samples.code[i] == 0 and samples.degraded[i] & bit
-    ]
-    last = max(late, default=None)
-    seconds = 0.0 if last is None else last - returned
+    )
+    # The first clean second starts at the return or right after a degraded answer.
+    starts = [returned, *late]
+    ends = [*late, window_end]
+    clean = next((n for n, (a, b) in enumerate(zip(starts, ends, strict=True)) if b - a >= CLEAN_SECONDS), None)
+    recovered_at = starts[clean] if clean is not None else None
     return {
-        "recovery_s": round(seconds, 3),
+        "recovery_s": round(recovered_at - returned, 3) if recovered_at is not None else None,
+        "settled_s": round(late[-1] - returned, 3) if late else 0.0,
         "degraded_after_return": len(late),
-        "recovered": last is None or last < window_end - 1.0,
+        "relapses": len(late) - clean if clean is not None else 0,
+        "recovered": recovered_at is not None,
     }
 
 

@@ -1,8 +1,9 @@
 """Processes the bench starts and always stops: the five services, the three baseline servers.
 
-Every process gets its own session (Ctrl-C reaches only the runner, which stops them in order) and asks the
-kernel for SIGTERM when the runner dies (PR_SET_PDEATHSIG, set by a two-line boot shim before it execs the real
-command), so not even a killed runner leaves one behind.
+Every process gets its own session (Ctrl-C reaches only the runner, which stops them in order: SIGTERM, then
+SIGKILL after a timeout) and asks the kernel for SIGKILL when the runner dies (PR_SET_PDEATHSIG, set by a short
+boot shim before it execs the real command), so not even a killed runner leaves one behind — SIGKILL, not
+SIGTERM, because a service whose clients vanished mid-call may not finish a graceful stop on its own.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ PORT_OFFSETS = {
 STOP_TIMEOUT_SECONDS = 10.0
 _BOOT = (
     "import ctypes, os, signal, sys\n"
-    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG\n"
     "if os.getppid() != int(sys.argv[1]): sys.exit(1)  # the runner died before prctl took effect\n"
     "os.execv(sys.argv[2], sys.argv[2:])\n"
 )

@@ -12,6 +12,7 @@ POS: loyalty card, else phone or e-mail; call centre: phone, else e-mail), plus 
 from __future__ import annotations
 
 import random
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -67,6 +68,8 @@ class Mix:
     by_id: float = 0.5
     anonymous_web: float = 0.05
     zipf_s: float = 1.0
+    #: Ingested events that carry only the customer's e-mail (the profile resolves them through identity).
+    ingest_by_identifier: float = 0.02
 
 
 @dataclass(frozen=True)
@@ -105,10 +108,19 @@ def by_popularity(customers: Sequence[Customer], seed: int) -> list[Customer]:
     return ordered
 
 
+class Zipf:
+    """Ranks in [0, n) drawn with probability proportional to 1/(rank+1)^s."""
+
+    def __init__(self, n: int, s: float) -> None:
+        self._cumulative = list(accumulate(1.0 / (k**s) for k in range(1, n + 1)))
+
+    def pick(self, rng: random.Random) -> int:
+        return bisect_right(self._cumulative, rng.random() * self._cumulative[-1])
+
+
 def zipf_picks(n: int, count: int, s: float, rng: random.Random) -> list[int]:
-    """`count` ranks in [0, n) drawn with probability proportional to 1/(rank+1)^s."""
-    cumulative = list(accumulate(1.0 / (k**s) for k in range(1, n + 1)))
-    return rng.choices(range(n), cum_weights=cumulative, k=count)
+    zipf = Zipf(n, s)
+    return [zipf.pick(rng) for _ in range(count)]
 
 
 def plan_requests(customers: Sequence[Customer], skus: Sequence[Sku], count: int, seed: int,
@@ -116,12 +128,12 @@ def plan_requests(customers: Sequence[Customer], skus: Sequence[Sku], count: int
     """`count` serialised requests following the mix, customers drawn by popularity (deterministic per seed)."""
     rng = random.Random(f"requests:{seed}")
     popular = by_popularity(customers, seed)
-    picks = zipf_picks(len(popular), count, mix.zipf_s, rng)
+    zipf = Zipf(len(popular), mix.zipf_s)
     names, weights = zip(*mix.channels.items(), strict=True)
     plan = []
-    for rank in picks:
+    for _ in range(count):  # one request at a time from one stream: a longer plan extends a shorter one
         channel = rng.choices(names, weights)[0]
-        ref = customer_ref(popular[rank], channel, rng, mix)
+        ref = customer_ref(popular[zipf.pick(rng)], channel, rng, mix)
         if channel == "call_center":
             message = decision_pb.PrioritizeCallRequest(customer=ref, call_reason=rng.choice(CONTACT_REASONS))
             method = "PrioritizeCall"
@@ -220,14 +232,15 @@ def event_id(run_id: str, batch: int, index: int) -> str:
 
 
 def event_batch(run_id: str, batch: int, size: int, subjects: Sequence[IngestSubject], start: int,
-                skus: Sequence[Sku], rng: random.Random, now: Timestamp) -> profile_pb.IngestEventsRequest:
-    """One IngestEvents batch of fresh touchpoint events (page views, product views, cart adds); one in ten
-    carries only the customer's e-mail, so the profile resolves it through identity as in production."""
+                skus: Sequence[Sku], rng: random.Random, now: Timestamp,
+                by_identifier: float) -> profile_pb.IngestEventsRequest:
+    """One IngestEvents batch of fresh touchpoint events (page views, product views, cart adds); the share
+    `by_identifier` carries only the customer's e-mail, so the profile resolves it through identity."""
     events = []
     for index in range(size):
         subject = subjects[(start + index) % len(subjects)]
         event = profile_pb.Event(event_id=event_id(run_id, batch, index), occurred_at=now, source="web")
-        if subject.email and rng.random() < 0.1:
+        if subject.email and rng.random() < by_identifier:
             event.identifiers.append(common_pb2.Identifier(type=common_pb2.IDENTIFIER_TYPE_EMAIL, value=subject.email))
         else:
             event.customer_id = subject.customer_id

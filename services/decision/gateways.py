@@ -126,7 +126,9 @@ class ProfileGateway(_Gateway):
 
     async def profile(self, customer_id: str, timeout: float) -> tuple[Traits, Mapping[str, float]] | None:
         """The customer's traits and feature vector, or None when the profile has never seen them."""
-        request = profile_pb.GetProfileRequest(customer_id=customer_id, include_features=True)
+        request = profile_pb.GetProfileRequest(
+            customer_id=customer_id, include_features=True, omit_recent_activity=True
+        )
         try:
             reply = await self._stub.GetProfile(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:

@@ -176,7 +176,9 @@ class ProfileServicer(pb_grpc.ProfileServiceServicer):
     async def GetProfile(
         self, request: pb.GetProfileRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetProfileResponse:
-        view = await self.service.get_profile(request.customer_id, request.include_features)
+        view = await self.service.get_profile(
+            request.customer_id, request.include_features, include_activity=not request.omit_recent_activity
+        )
         return pb.GetProfileResponse(profile=_profile(view), features=view.features or {})
 
     async def GetFeatures(

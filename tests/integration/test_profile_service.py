@@ -173,6 +173,11 @@ async def test_ingested_events_build_the_profile_and_the_features(profile):
     assert dict(features.features) == dict(reply.features)
     plain = await stub.GetProfile(pb.GetProfileRequest(customer_id="c-1"), timeout=5)
     assert len(plain.features) == 0
+    lean = await stub.GetProfile(
+        pb.GetProfileRequest(customer_id="c-1", include_features=True, omit_recent_activity=True), timeout=5
+    )
+    assert len(lean.profile.recent_activity) == 0 and lean.profile.traits == got.traits
+    assert dict(lean.features) == dict(reply.features)
 
 
 async def test_malformed_events_are_rejected_by_index_and_field_and_the_rest_applied(profile):

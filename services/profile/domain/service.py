@@ -208,9 +208,9 @@ class ProfileService:
             await tx.save_states(states, now)
             return len(inserted)
 
-    async def get_profile(self, customer_id: str, include_features: bool) -> ProfileView:
+    async def get_profile(self, customer_id: str, include_features: bool, include_activity: bool = True) -> ProfileView:
         _check_customer_id(customer_id)
-        stored = await self._repository.load_profile(customer_id, self._recent_activity)
+        stored = await self._repository.load_profile(customer_id, self._recent_activity if include_activity else 0)
         if stored is None:
             raise NotFound(f"customer {customer_id!r} has no profile")
         now = self._clock()
