@@ -10,20 +10,24 @@ fresh copy of it, so runs start from the same state and never accumulate each ot
   `nextbest_bench_<customers>` seeded, `nextbest_bench_<customers>_run` created from it as a template — so a
   developer's database is never touched; the folders hold the catalogue, models, marker and logs.
 
-Seeding runs `cli.demo.seed.seed` in a child process whose environment points at the seeded data.
+Seeding runs `cli.demo.seed.seed` in a child process whose environment points at the seeded data. A run holds
+an exclusive lock on its data set's folder (`bench.lock`) from the start, so two runs (whatever their ports)
+never seed or copy under each other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import multiprocessing
 import os
 import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import orjson
 from sqlalchemy import distinct, func, select, text
@@ -51,6 +55,8 @@ class Dataset:
     seed_seconds: float = 0.0
     seeded_at: str = ""
     copy_seconds: float = 0.0
+    #: The open lock file that keeps other runs off this data set until this process exits.
+    lock: IO | None = field(default=None, repr=False)
 
     def service_url(self, service: str) -> str:
         """The service's database URL in the run's copy, as the service itself resolves it."""
@@ -60,6 +66,22 @@ class Dataset:
     @property
     def redacted_url(self) -> str | None:
         return make_url(self.run_url).render_as_string(hide_password=True) if self.run_url else None
+
+
+class DatasetBusy(RuntimeError):
+    """Another bench run (any ports) is using this data set: its run copy would be replaced under it."""
+
+
+def hold_lock(folder: Path) -> IO:
+    """An exclusive lock on the data set's folder, held until the file is closed or the process exits."""
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = (folder / "bench.lock").open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise DatasetBusy(f"another bench run is using {folder}; wait for it or use another --data-root") from None
+    return handle
 
 
 def bench_database_url(customers: int, postgres: bool, environ: Mapping[str, str]) -> str | None:
@@ -101,12 +123,13 @@ async def prepare(root: Path, customers: int, seed: int, database_url: str | Non
                   out: Callable[[str], None], impressions: int | None = None) -> Dataset:
     """Reuse or seed the bench's data set, then make the run's fresh copy (see the module docstring)."""
     folder = root / f"{'postgres' if database_url else 'sqlite'}-{customers}"
+    lock = hold_lock(folder)
     run_url = None
     if database_url:
         run_url = make_url(database_url).set(database=f"{make_url(database_url).database}_run")
         run_url = run_url.render_as_string(hide_password=False)
     dataset = Dataset("postgresql" if database_url else "sqlite", customers, seed, folder / "seeded", folder / "run",
-                      database_url, run_url)
+                      database_url, run_url, lock=lock)
     marker = dataset.seeded_dir / MARKER
     if fresh:
         shutil.rmtree(dataset.seeded_dir, ignore_errors=True)

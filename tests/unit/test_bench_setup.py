@@ -7,7 +7,7 @@ import os
 import pytest
 
 from cli.bench.config import QUICK, from_args
-from cli.bench.dataset import bench_database_url
+from cli.bench.dataset import DatasetBusy, bench_database_url, hold_lock
 from cli.bench.launcher import mesh_env, ports_from
 from cli.bench.procfs import Meter, counter_delta, cpu_seconds, machine_busy_seconds, memory_mb, postgres_cpu_seconds
 from cli.main import build_parser
@@ -95,3 +95,12 @@ def test_a_counter_over_processes_counts_new_ones_whole_and_misses_ended_ones():
     before = {1: 5.0, 2: 3.0}
     after = {1: 6.0, 3: 0.5}  # 2 ended, 3 started
     assert counter_delta(before, after) == 1.5
+
+
+def test_a_data_set_is_used_by_one_run_at_a_time(tmp_path):
+    first = hold_lock(tmp_path / "sqlite-300")
+    with pytest.raises(DatasetBusy, match="another bench run"):
+        hold_lock(tmp_path / "sqlite-300")
+    hold_lock(tmp_path / "sqlite-400").close()  # another data set is free
+    first.close()
+    hold_lock(tmp_path / "sqlite-300").close()  # released with its file
