@@ -27,6 +27,8 @@ class BenchConfig:
     warmup_seconds: float = 5.0
     ingest_rate: float = 5000.0
     ingest_batch: int = 500
+    #: Deadline of one IngestEvents batch; a phase's stream ends when its last batches are answered or time out.
+    ingest_timeout: float = 10.0
     outcome_share: float = 0.1
     poisson: bool = False
     #: Closed-loop steps count as sustainable only with decision p99 at most this, 0 errors, <= 1% degraded.
@@ -49,7 +51,7 @@ class BenchConfig:
 
 QUICK = BenchConfig(
     mode="quick", customers=2_000, open_rates=(50, 100, 200, 400), closed_steps=(1, 4, 16), open_seconds=4.0,
-    closed_seconds=3.0, warmup_seconds=2.0, run_faults=False, planned_requests=6_000,
+    closed_seconds=3.0, warmup_seconds=2.0, ingest_timeout=5.0, run_faults=False, planned_requests=6_000,
 )
 FULL = BenchConfig(mode="full", customers=10_000)
 

@@ -105,7 +105,7 @@ class _Run:
                 subjects = ingest_subjects(customers, INGEST_SUBJECTS, config.seed, config.mix.zipf_s)
                 self.ingester = DriverProcess("ingest-generator", ingest_main, self.mesh.target("profile"),
                                               subjects, skus, self.run_id, config.ingest_batch,
-                                              config.mix.ingest_by_identifier)
+                                              config.mix.ingest_by_identifier, config.ingest_timeout)
                 stack.callback(self.ingester.stop)
                 await self.ingester.start()
 

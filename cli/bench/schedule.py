@@ -46,7 +46,8 @@ async def run_open_loop(
     """Start `fire(scheduled_instant)` as a task at each offset; never waits for an earlier call to return.
 
     When the loop falls behind it sends the overdue requests at once (their latency still counts from their
-    scheduled instant). Waits for every started call at the end; returns the start instant (on `clock`).
+    scheduled instant). Waits for every started call at the end (each call bounds itself with its deadline);
+    returns the start instant (on `clock`).
     """
     start = clock()
     pending: set[asyncio.Task] = set()
