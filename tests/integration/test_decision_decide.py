@@ -147,6 +147,7 @@ async def test_no_registered_model_degrades_to_rules(database_url, serve, tmp_pa
 
 async def test_a_client_deadline_bounds_the_call(database_url, serve, tmp_path):
     mesh = await start_mesh(serve, tmp_path, database_url, budget_web_ms=10_000)
+    await mesh.stub.Decide(web_request(), timeout=5)  # warm connections: the budget is about hangs, not cold starts
     mesh.scoring.behaviour.delay = 5.0
     started = time.monotonic()
     reply = await mesh.stub.Decide(web_request(), timeout=0.4)  # would be DEADLINE_EXCEEDED if the budget ignored it
