@@ -13,6 +13,8 @@ import grpc
 import orjson
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
+from libs.telemetry import tracing_active
+
 
 def _service_config(idempotent: Iterable[tuple[str, str]]) -> str:
     names = [{"service": service, "method": method} for service, method in idempotent]
@@ -34,7 +36,8 @@ def _service_config(idempotent: Iterable[tuple[str, str]]) -> str:
 
 
 def open_channel(target: str, idempotent: Iterable[tuple[str, str]] = ()) -> grpc.aio.Channel:
-    """A traced channel to `target` ("host:port"); retries UNAVAILABLE only for the given (service, method)s."""
+    """A channel to `target` ("host:port"), traced when tracing is active; retries UNAVAILABLE only for the given
+    (service, method)s."""
     return grpc.aio.insecure_channel(
         target,
         options=[
@@ -45,7 +48,7 @@ def open_channel(target: str, idempotent: Iterable[tuple[str, str]] = ()) -> grp
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 2_000),
         ],
-        interceptors=aio_client_interceptors(),
+        interceptors=aio_client_interceptors() if tracing_active() else None,
     )
 
 

@@ -21,7 +21,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from libs.errors import NextBestError
 from libs.settings import ServiceSettings
-from libs.telemetry import current_trace_id, setup_logging, setup_tracing
+from libs.telemetry import current_trace_id, setup_logging, setup_tracing, tracing_active
 
 log = logging.getLogger("nextbest.server")
 
@@ -49,6 +49,8 @@ class ServiceApp:
     registrations: Sequence[Registration]
     on_start: Callable[[], Awaitable[None]] = _nothing
     on_stop: Callable[[], Awaitable[None]] = _nothing
+    #: Called when shutdown begins, before in-flight calls drain: ends long-lived streams (change feeds).
+    on_drain: Callable[[], None] = lambda: None
     #: Anything the wiring function wants tests to reach (repositories, engines); never used by the server.
     parts: dict[str, Any] = field(default_factory=dict)
 
@@ -139,7 +141,7 @@ class GrpcServer:
 
     async def start(self) -> int:
         server = grpc.aio.server(
-            interceptors=[aio_server_interceptor(), ErrorInterceptor()],
+            interceptors=[*([aio_server_interceptor()] if tracing_active() else []), ErrorInterceptor()],
             options=[
                 ("grpc.so_reuseport", 0),  # a taken port must fail loudly, not be silently shared
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -168,6 +170,7 @@ class GrpcServer:
         if self._server is None:
             return
         await self._health.enter_graceful_shutdown()
+        self.app.on_drain()
         await self._server.stop(self.grace)
         self._server = None
         await self.app.on_stop()

@@ -370,8 +370,11 @@ def draw_chart(doc: dict, path: Path) -> None:
     colours = {"p50": "tab:green", "p99": "tab:orange", "p999": "tab:red"}
     for ax, channel in zip(axes[0], DECISION_CHANNELS, strict=True):
         for target, style in styles.items():
-            points = sorted((p["offered_rate"], p["channels"][channel]["latency_ms"]) for p in phases
-                            if p["target"] == target and p["shape"] == "open")
+            points = sorted(
+                ((p["offered_rate"], p["channels"][channel]["latency_ms"]) for p in phases
+                 if p["target"] == target and p["shape"] == "open"),
+                key=lambda point: point[0],  # a rate may repeat (`--rates 60 60`): never compare the dicts
+            )
             for pct, colour in colours.items():
                 if points:
                     ax.plot([x for x, _ in points], [lat[pct] for _, lat in points], style, marker="o",

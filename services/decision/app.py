@@ -8,10 +8,11 @@ from nextbest.decision.v1 import decision_service_pb2_grpc as pb_grpc
 
 from libs.db import create_engine, migrate
 from libs.server import Registration, ServiceApp
+from services.decision.cache import ChangeSubscription
 from services.decision.catalogue import CatalogueError, load_catalogue
 from services.decision.domain.arbitration import ArbitrationPolicy
 from services.decision.gateways import Gateways
-from services.decision.orchestrator import DecisionPolicy, DecisionService
+from services.decision.orchestrator import CustomerCaches, DecisionPolicy, DecisionService
 from services.decision.outbox import OutcomeForwarder
 from services.decision.servicer import DecisionServicer
 from services.decision.settings import DecisionSettings
@@ -41,7 +42,17 @@ def build(settings: DecisionSettings) -> ServiceApp:
         },
         reserve_seconds=settings.reserve_ms / 1000,
     )
-    service = DecisionService(gateways, repository, policy, on_new_outcome=forwarder.wake)
+    caches = CustomerCaches(settings.cache_max_customers, settings.cache_max_age_seconds)
+    service = DecisionService(gateways, repository, policy, on_new_outcome=forwarder.wake, caches=caches)
+    # Each owner's change feed keeps its caches exact; with caching off there is nothing to subscribe to.
+    subscriptions = (
+        [
+            ChangeSubscription("identity", gateways.identity.watch_changes, [caches.resolutions, caches.consents]),
+            ChangeSubscription("profile", gateways.profile.watch_changes, [caches.profiles]),
+        ]
+        if settings.cache_max_customers
+        else []
+    )
     servicer = DecisionServicer(
         service,
         {
@@ -58,10 +69,14 @@ def build(settings: DecisionSettings) -> ServiceApp:
             raise SystemExit(f"decision: invalid offer catalogue: {exc}") from exc
         await migrate(engine, Path(__file__).parent / "migrations", "alembic_version_decision")
         gateways.open()  # channels belong to the serving event loop, so they open here, not in build
+        for subscription in subscriptions:
+            subscription.start()
         forwarder.start()
 
     async def on_stop() -> None:
         await forwarder.stop()
+        for subscription in subscriptions:
+            await subscription.stop()
         await gateways.close()
         await engine.dispose()
 
@@ -76,6 +91,8 @@ def build(settings: DecisionSettings) -> ServiceApp:
             "service": service,
             "gateways": gateways,
             "forwarder": forwarder,
+            "caches": caches,
+            "subscriptions": subscriptions,
             "settings": settings,
         },
     )

@@ -7,7 +7,7 @@ exception is a client's bad identifier: identity's INVALID_ARGUMENT is passed th
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -116,6 +116,11 @@ class IdentityGateway(_Gateway):
             if c.granted
         )
 
+    async def watch_changes(self) -> AsyncIterator[list[str]]:
+        """Ids of customers whose identifiers or consent changed; `[]` first, once subscribed."""
+        async for message in self._stub.WatchChanges(identity_pb.WatchChangesRequest()):
+            yield list(message.customer_ids)
+
 
 class ProfileGateway(_Gateway):
     full_name = "nextbest.profile.v1.ProfileService"
@@ -136,6 +141,11 @@ class ProfileGateway(_Gateway):
                 return None
             raise DependencyError("profile_unavailable", exc) from exc
         return traits_from_proto(reply.profile.traits), MappingProxyType(dict(reply.features))
+
+    async def watch_changes(self) -> AsyncIterator[list[str]]:
+        """Ids of customers whose profile changed; `[]` first, once subscribed."""
+        async for message in self._stub.WatchChanges(profile_pb.WatchChangesRequest()):
+            yield list(message.customer_ids)
 
     async def ingest_outcomes(self, outcomes: Sequence[PendingOutcome], timeout: float) -> dict[int, str]:
         """Send outcomes as OfferResponse events; returns {index: "field: reason"} of events the profile rejected."""

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from libs.clients import Budget
 from libs.errors import FailedPrecondition, InvalidArgument, NotFound
 from libs.protoconv import utcnow
+from services.decision.cache import CustomerCache
 from services.decision.catalogue import Catalogue
 from services.decision.domain.arbitration import ArbitrationPolicy
 from services.decision.domain.eligibility import screen
@@ -50,6 +51,21 @@ STAGE_SHARE = 0.3
 #: The reserve for arbitration and persisting is at most this share of the budget (tiny client deadlines).
 RESERVE_SHARE = 0.25
 NO_FEATURES: Mapping[str, float] = MappingProxyType({})
+
+
+class CustomerCaches:
+    """What `Decide` reads about a customer, cached: identity's resolutions and consent, profile's profiles."""
+
+    def __init__(self, max_customers: int = 0, max_age_seconds: float = 60.0) -> None:
+        self.resolutions: CustomerCache[tuple[tuple[int, str], ...], str | None] = CustomerCache(
+            "resolutions", max_customers, max_age_seconds, customer_of=lambda key, customer_id: customer_id
+        )
+        self.consents: CustomerCache[str, frozenset[tuple[str, str]]] = CustomerCache(
+            "consents", max_customers, max_age_seconds
+        )
+        self.profiles: CustomerCache[str, tuple[Traits, Mapping[str, float]] | None] = CustomerCache(
+            "profiles", max_customers, max_age_seconds
+        )
 
 
 @dataclass(frozen=True)
@@ -100,10 +116,12 @@ class DecisionService:
         repository: DecisionRepository,
         policy: DecisionPolicy,
         on_new_outcome: Callable[[], None] = lambda: None,
+        caches: CustomerCaches | None = None,
     ) -> None:
         self.gateways = gateways
         self.repository = repository
         self.policy = policy
+        self.caches = caches or CustomerCaches()
         self._on_new_outcome = on_new_outcome
         self._catalogue: Catalogue | None = None
 
@@ -172,9 +190,13 @@ class DecisionService:
     async def _customer(self, ref: CustomerRef, plan: _Plan, degraded: list[str]) -> CustomerView:
         """Resolve the customer, then read their profile and consent in parallel."""
         customer_id = ref.customer_id
+        gateways, caches = self.gateways, self.caches
         if not customer_id:
+            key = tuple(sorted(ref.identifiers))
             resolved, failure = await _attempt(
-                self.gateways.identity.resolve(ref.identifiers, plan.early_timeout(), field="customer")
+                caches.resolutions.get(
+                    key, lambda: gateways.identity.resolve(ref.identifiers, plan.early_timeout(), field="customer")
+                )
             )
             if failure:
                 degraded.append(failure)  # carry on as an anonymous visitor
@@ -183,8 +205,8 @@ class DecisionService:
             return ANONYMOUS
         timeout = plan.early_timeout()
         (profile, profile_failure), (consents, consent_failure) = await asyncio.gather(
-            _attempt(self.gateways.profile.profile(customer_id, timeout)),
-            _attempt(self.gateways.identity.consents(customer_id, timeout)),
+            _attempt(caches.profiles.get(customer_id, lambda: gateways.profile.profile(customer_id, timeout))),
+            _attempt(caches.consents.get(customer_id, lambda: gateways.identity.consents(customer_id, timeout))),
         )
         degraded.extend(reason for reason in (profile_failure, consent_failure) if reason)
         traits, features = profile if profile is not None else (Traits(), NO_FEATURES)

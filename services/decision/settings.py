@@ -45,6 +45,16 @@ class DecisionSettings(ServiceSettings):
         30, gt=0, description="Dwell on a product at or above which its offers get the long-dwell weight."
     )
 
+    cache_max_customers: int = Field(
+        20_000,
+        ge=0,
+        description="Customers whose resolution, profile and consent are cached (invalidated by the owners' change "
+        "feeds); 0 turns the caches off.",
+    )
+    cache_max_age_seconds: float = Field(
+        60, gt=0, description="Oldest a cached profile may get (time-relative features drift without events)."
+    )
+
     outbox_batch_size: int = Field(100, ge=1, le=1000, description="Outcomes forwarded to the profile per call.")
     outbox_interval_seconds: float = Field(
         1.0, gt=0, description="How often pending outcomes are forwarded (and retried after a failure)."

@@ -36,5 +36,6 @@ def build(settings: IdentitySettings) -> ServiceApp:
         registrations=[Registration(pb_grpc.add_IdentityServiceServicer_to_server, servicer, FULL_NAME)],
         on_start=on_start,
         on_stop=on_stop,
+        on_drain=service.changes.close,
         parts={"engine": engine, "repository": repository, "service": service},
     )

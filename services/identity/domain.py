@@ -22,6 +22,7 @@ from typing import Protocol
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
+from libs.changefeed import ChangeFeed
 from libs.errors import InvalidArgument, NotFound, Unavailable
 from libs.protoconv import utcnow
 
@@ -254,11 +255,14 @@ class IdentityService:
         *,
         clock: Callable[[], datetime] = utcnow,
         new_id: Callable[[], str] = new_customer_id,
+        changes: ChangeFeed | None = None,
     ) -> None:
         self.repository = repository
         self.normaliser = normaliser
         self.clock = clock
         self.new_id = new_id
+        #: Every committed change to a customer's identifiers or consent is published here (`WatchChanges`).
+        self.changes = changes or ChangeFeed()
 
     async def resolve(self, raws: Sequence[RawIdentifier], create_if_missing: bool) -> Resolution:
         identifiers = self.normaliser.normalise_all(raws)
@@ -284,6 +288,8 @@ class IdentityService:
         if unknown:
             outcome = await self.repository.link(winner, unknown, self.clock())
             linked = outcome.linked
+            if linked:
+                self.changes.publish([winner])
             # Claimed by a concurrent call since we looked: a conflict unless it went to the same customer.
             conflicts += [i for i in unknown if outcome.taken.get(i, winner) != winner]
         return Resolution(winner, MatchMethod.IDENTIFIER, matched_by, linked, tuple(conflicts))
@@ -303,6 +309,7 @@ class IdentityService:
         current = await self.repository.record_consents(customer_id, consents, now)
         if current is None:
             raise NotFound(f"customer {customer_id} not found")
+        self.changes.publish([customer_id])
         return _ordered(current)
 
     async def get_consent(self, customer_id: str) -> list[Consent]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import grpc
 from nextbest.common.v1 import common_pb2
 from nextbest.identity.v1 import identity_service_pb2 as pb
@@ -99,3 +101,9 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
     ) -> pb.GetConsentResponse:
         current = await self.service.get_consent(request.customer_id)
         return pb.GetConsentResponse(consents=[_consent(consent) for consent in current])
+
+    async def WatchChanges(
+        self, request: pb.WatchChangesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchChangesResponse]:
+        async for customer_ids in self.service.changes.watch():
+            yield pb.WatchChangesResponse(customer_ids=customer_ids)

@@ -40,5 +40,6 @@ def build(settings: ProfileSettings) -> ServiceApp:
         registrations=[Registration(pb_grpc.add_ProfileServiceServicer_to_server, servicer, FULL_NAME)],
         on_start=on_start,
         on_stop=on_stop,
+        on_drain=service.changes.close,
         parts={"engine": engine, "repository": repository, "service": service, "identity": identity},
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime, timedelta
 
 import grpc
@@ -186,3 +186,9 @@ class ProfileServicer(pb_grpc.ProfileServiceServicer):
     ) -> pb.GetFeaturesResponse:
         features = await self.service.get_features(request.customer_id)
         return pb.GetFeaturesResponse(customer_id=request.customer_id, features=features)
+
+    async def WatchChanges(
+        self, request: pb.WatchChangesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchChangesResponse]:
+        async for customer_ids in self.service.changes.watch():
+            yield pb.WatchChangesResponse(customer_ids=customer_ids)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from libs.changefeed import ChangeFeed
 from libs.errors import InvalidArgument, NotFound
 from libs.protoconv import utcnow
 from services.profile.domain.events import AcceptedEvent, Event, Identifier, summarize
@@ -124,11 +125,14 @@ class ProfileService:
         max_batch: int,
         recent_activity: int,
         clock: Callable[[], datetime] = utcnow,
+        changes: ChangeFeed | None = None,
     ) -> None:
         self._repository = repository
         self._max_batch = max_batch
         self._recent_activity = recent_activity
         self._clock = clock
+        #: The customers of every committed batch are published here (`WatchChanges`).
+        self.changes = changes or ChangeFeed()
 
     async def ingest(self, events: Sequence[Event], resolver: Resolver) -> IngestResult:
         if not events:
@@ -206,7 +210,8 @@ class ProfileService:
                 for event in sorted(new_events, key=lambda e: (e.occurred_at, e.event_id)):
                     state.apply(event, now)
             await tx.save_states(states, now)
-            return len(inserted)
+        self.changes.publish(by_customer)  # committed: readers' caches may now drop these customers
+        return len(inserted)
 
     async def get_profile(self, customer_id: str, include_features: bool, include_activity: bool = True) -> ProfileView:
         _check_customer_id(customer_id)

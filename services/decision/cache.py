@@ -1,0 +1,200 @@
+"""Read-through caches of what the decision reads about a customer, kept exact by the owners' change feeds.
+
+Identity and profile each stream the ids of customers they changed (`WatchChanges`, right after each commit). A
+`CustomerCache` serves entries only while its feed's stream is live, drops a customer's entries when that customer
+changes, and never stores a value whose fetch raced a change to the same customer (the value may predate it). When
+the stream breaks, the cache empties and is bypassed until a new stream says "subscribed". So a cached answer is
+never older than the last change its owner committed, give or take the time a message takes to arrive.
+
+`max_age_seconds` bounds the age of an entry for what changes without any event: time-relative features
+(days since the last order) drift, so they are re-read now and then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import grpc
+
+log = logging.getLogger("nextbest.decision.cache")
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+#: Invalidation batches remembered to judge whether an in-flight fetch raced a change.
+_HISTORY = 256
+#: Reconnect back-off bounds after a change stream fails.
+_RETRY_MIN_SECONDS = 0.2
+_RETRY_MAX_SECONDS = 5.0
+
+
+def _same_customer(key: object, value: object) -> str | None:
+    return key if isinstance(key, str) else None
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+
+
+class CustomerCache(Generic[K, V]):
+    """A bounded LRU of `key -> value`, each entry belonging to one customer and dropped when that customer changes.
+
+    `customer_of(key, value)` names the customer an entry belongs to (None: never store it); by default the key
+    is the customer id.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        max_entries: int,
+        max_age_seconds: float,
+        customer_of: Callable[[K, V], str | None] = _same_customer,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.stats = CacheStats()
+        self._max_entries = max_entries
+        self._max_age = max_age_seconds
+        self._customer_of = customer_of
+        self._clock = clock
+        self._entries: OrderedDict[K, tuple[V, float, str]] = OrderedDict()
+        self._keys_of: dict[str, set[K]] = {}
+        self._live = False
+        self._seq = 0  # bumped by every invalidation and reset
+        self._history: deque[tuple[int, frozenset[str]]] = deque(maxlen=_HISTORY)
+
+    @property
+    def live(self) -> bool:
+        return self._live
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def get(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
+        """The cached value, or `await load()` (stored when the feed is live and no change raced the fetch)."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            value, expires_at, _ = entry
+            if self._clock() < expires_at:
+                self._entries.move_to_end(key)
+                self.stats.hits += 1
+                return value
+            self._drop(key)
+        self.stats.misses += 1
+        started = self._seq
+        value = await load()  # failures propagate and store nothing
+        if self._live and self._max_entries > 0:
+            customer_id = self._customer_of(key, value)
+            if customer_id is not None and not self._changed_since(started, customer_id):
+                self._store(key, value, customer_id)
+        return value
+
+    def invalidate(self, customer_ids: Iterable[str]) -> None:
+        """These customers changed: drop their entries and spoil fetches of them now in flight."""
+        changed = frozenset(customer_ids)
+        self._seq += 1
+        self._history.append((self._seq, changed))
+        for customer_id in changed:
+            for key in self._keys_of.pop(customer_id, ()):
+                self._entries.pop(key, None)
+
+    def go_live(self) -> None:
+        """The change stream is subscribed: entries may be stored from now on."""
+        self._live = True
+
+    def reset(self) -> None:
+        """The change stream is gone: forget everything and store nothing until `go_live`."""
+        self._live = False
+        self._seq += 1
+        self._history.clear()  # with no history every in-flight fetch counts as raced
+        self._entries.clear()
+        self._keys_of.clear()
+
+    def _changed_since(self, seq: int, customer_id: str) -> bool:
+        if seq == self._seq:
+            return False
+        if not self._history or self._history[0][0] > seq + 1:
+            return True  # the changes since then are no longer all known: assume the worst
+        return any(customer_id in changed for at, changed in self._history if at > seq)
+
+    def _store(self, key: K, value: V, customer_id: str) -> None:
+        if key in self._entries:
+            self._drop(key)
+        self._entries[key] = (value, self._clock() + self._max_age, customer_id)
+        self._keys_of.setdefault(customer_id, set()).add(key)
+        while len(self._entries) > self._max_entries:
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: K) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            keys = self._keys_of.get(entry[2])
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._keys_of[entry[2]]
+
+
+class ChangeSubscription:
+    """Keeps a change stream open for some caches: live while subscribed, reset whenever the stream is lost."""
+
+    def __init__(
+        self,
+        name: str,
+        watch: Callable[[], AsyncIterator[Sequence[str]]],
+        caches: Sequence[CustomerCache],
+    ) -> None:
+        self.name = name
+        self._watch = watch
+        self._caches = caches
+        self._task: asyncio.Task[None] | None = None
+        self.subscribed = asyncio.Event()
+
+    def start(self) -> None:
+        if self._caches and self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"watch-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        self._reset()
+
+    async def _run(self) -> None:
+        delay = _RETRY_MIN_SECONDS
+        while True:
+            try:
+                async for customer_ids in self._watch():
+                    if not self.subscribed.is_set():
+                        for cache in self._caches:
+                            cache.go_live()
+                        self.subscribed.set()
+                        delay = _RETRY_MIN_SECONDS
+                        log.info("%s change feed subscribed", self.name)
+                    if customer_ids:
+                        for cache in self._caches:
+                            cache.invalidate(customer_ids)
+                log.info("%s change feed ended; caches bypassed until it is back", self.name)
+            except grpc.aio.AioRpcError as exc:
+                if self.subscribed.is_set() or delay == _RETRY_MIN_SECONDS:
+                    log.warning("%s change feed lost: %s", self.name, exc.code().name)
+            self._reset()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX_SECONDS)
+
+    def _reset(self) -> None:
+        self.subscribed.clear()
+        for cache in self._caches:
+            cache.reset()
