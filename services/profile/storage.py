@@ -1,6 +1,6 @@
 """Tables of the profile service and the SQLAlchemy Core adapter behind the domain's repository port.
 
-Concurrency: a batch is one transaction that
+Concurrency: a batch (or each chunk of a big batch, see `domain.service.APPLY_CHUNK`) is one transaction that
 1. inserts its events (ON CONFLICT DO NOTHING, in event-id order); the ids RETURNING gives are the ones to apply;
 2. takes the customers' state rows in customer-id order with one upsert that creates empty rows for new customers
    and row-locks the existing ones (a no-op DO UPDATE), returning their states;
@@ -9,7 +9,7 @@ Taking locks in one global order means concurrent batches wait for each other in
 event id is applied by exactly one of them. On SQLite, whose writers are serialised, the first statement is the
 INSERT, so the write lock is held from the start of the transaction (what BEGIN IMMEDIATE would give): no batch
 can read a state another is about to change. Each step is one multi-row statement (SQLAlchemy's
-insertmanyvalues), so a batch of 1000 events costs three round trips, not thousands.
+insertmanyvalues), so a chunk of 100 events costs three round trips, not hundreds.
 """
 
 from __future__ import annotations

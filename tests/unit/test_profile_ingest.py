@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 
 from libs.errors import InvalidArgument, NotFound, Unavailable
@@ -20,6 +21,7 @@ from services.profile.domain import (
     StoredProfile,
 )
 from services.profile.domain import events as ev
+from services.profile.domain.service import APPLY_CHUNK
 
 pytestmark = pytest.mark.unit
 
@@ -44,7 +46,8 @@ class InMemoryTransaction:
         return {cid: ProfileState.from_document(self.repository.states.get(cid, {})) for cid in customer_ids}
 
     async def save_states(self, states: Mapping[str, ProfileState], now: datetime) -> None:
-        self.states.update({cid: state.to_document() for cid, state in states.items()})
+        # Through JSON as the real column does (orjson, like libs.db's engines).
+        self.states.update({cid: orjson.loads(orjson.dumps(state.to_document())) for cid, state in states.items()})
 
 
 class InMemoryRepository:
@@ -52,11 +55,16 @@ class InMemoryRepository:
         self.events: dict[str, EventRecord] = {}
         self.states: dict[str, dict] = {}
         self.fail_on_save = False
+        self.commits = 0
+        self.fail_after_commits: int | None = None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[InMemoryTransaction]:
         tx = InMemoryTransaction(self)
         yield tx
+        if self.fail_after_commits is not None and self.commits >= self.fail_after_commits:
+            raise Unavailable("database went away")
+        self.commits += 1
         if self.fail_on_save:
             raise Unavailable("database went away")
         self.events.update(tx.events)
@@ -187,6 +195,23 @@ async def test_a_failed_transaction_applies_nothing(service, repository):
     with pytest.raises(Unavailable):
         await service.ingest([purchase_event("e-1")], FakeResolver())
     assert repository.events == {} and repository.states == {}
+
+
+async def test_a_big_batch_is_applied_in_chunks_and_a_retry_after_a_partial_failure_applies_each_event_once(
+    repository,
+):
+    service = ProfileService(repository, max_batch=1000, recent_activity=3, clock=lambda: NOW)
+    events = [purchase_event(f"e-{i:04d}", customer_id=f"c-{i % 7}") for i in range(APPLY_CHUNK * 2 + 10)]
+    repository.fail_after_commits = 1  # the first chunk commits, the second fails
+    with pytest.raises(Unavailable):
+        await service.ingest(events, FakeResolver())
+    assert len(repository.events) == APPLY_CHUNK
+    repository.fail_after_commits = None
+    result = await service.ingest(events, FakeResolver())  # the producer retries the whole batch
+    assert (result.accepted, result.duplicates) == (APPLY_CHUNK + 10, APPLY_CHUNK)
+    assert repository.commits == 4  # 1 + 3 chunks
+    profiles = [await service.get_profile(f"c-{c}", include_features=False) for c in range(7)]
+    assert sum(profile.traits.order_count for profile in profiles) == len(events)  # every purchase folded exactly once
 
 
 async def test_events_of_a_batch_are_folded_in_event_time_order(service, repository):

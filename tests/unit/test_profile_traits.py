@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import itertools
-import json
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 
 from services.profile.domain import FEATURE_NAMES, AcceptedEvent, ProfileState, compute_features
 from services.profile.domain import events as ev
 from services.profile.domain.events import summarize
-from services.profile.domain.state import CART_LOG_LIMIT, LAST_VIEWED_LIMIT
+from services.profile.domain.state import CART_LINES_LIMIT, CART_LOG_LIMIT, LAST_VIEWED_LIMIT
 
 pytestmark = pytest.mark.unit
 
@@ -222,6 +222,16 @@ def test_a_long_cart_log_is_compacted_without_changing_the_cart():
     assert {sku: qty for sku, qty, _ in cart_view(state)} == {sku: q for sku, q in quantities.items() if q}
 
 
+def test_a_cart_that_only_grows_keeps_its_most_recently_touched_lines():
+    state = ProfileState()
+    for i in range(CART_LOG_LIMIT * 3):  # a bot adding a new SKU forever
+        fold(event(cart("add", f"S{i:04d}", 1, 1.0), at(minutes=1000 - i)), state=state)
+    lines = [sku for sku, _, _ in cart_view(state)]
+    assert CART_LINES_LIMIT <= len(lines) <= CART_LOG_LIMIT
+    assert lines[-1] == f"S{CART_LOG_LIMIT * 3 - 1:04d}"  # the newest is kept
+    assert "S0000" not in lines  # the oldest went
+
+
 def test_preferences_latest_update_wins_per_field_and_empty_fields_keep_the_value():
     state = fold(
         event(ev.PreferenceUpdate(("M",), ("blue",), "express"), at(days=2)),
@@ -306,7 +316,7 @@ def test_the_stored_document_round_trips_through_json():
         event(ev.PreferenceUpdate(("M",), ("red",), "express"), at(days=1)),
         event(ev.OfferResponse("d", "o", "click"), at(days=1)),
     )
-    restored = ProfileState.from_document(json.loads(json.dumps(state.to_document())))
+    restored = ProfileState.from_document(orjson.loads(orjson.dumps(state.to_document())))  # as libs.db stores it
     assert restored == state
     assert ProfileState.from_document({}) == ProfileState()  # a document missing keys reads as defaults
 

@@ -2,9 +2,9 @@
 
 Ingesting a batch: validate each event on its own (a malformed one is rejected, the others go on), resolve the
 customers of events that only carry identifiers (all or nothing: if the identity service cannot answer, the
-call fails and nothing is applied, so the producer retries), drop repeated ids within the batch, then in ONE
-transaction insert the events ignoring ids already stored, lock the affected customers' states and fold only
-the newly inserted events into them, in event-time order.
+call fails and nothing is applied, so the producer retries), drop repeated ids within the batch, then, per chunk
+of `APPLY_CHUNK` events, in ONE transaction insert the events ignoring ids already stored, lock the affected
+customers' states and fold only the newly inserted events into them, in event-time order.
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ from services.profile.domain.validation import MAX_ID_LENGTH, validate_event
 
 #: Resolve calls in flight at once for one batch: enough to hide latency, not enough to flood identity.
 RESOLVE_CONCURRENCY = 16
+#: Events applied per transaction. A big batch is applied in chunks so that its CPU-bound steps (decoding,
+#: folding, encoding states) never hold the event loop for long: profile reads wait at most one chunk.
+#: Each event still lands in exactly one transaction, once; a retried batch skips the chunks already applied.
+APPLY_CHUNK = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +171,9 @@ class ProfileService:
             accepted = AcceptedEvent(event.event_id, customer_id, event.occurred_at, event.source, event.payload)
             records.append(EventRecord(accepted, summarize(event.payload)))
 
-        applied = await self._apply(records, now) if records else 0
+        applied = 0
+        for start in range(0, len(records), APPLY_CHUNK):
+            applied += await self._apply(records[start : start + APPLY_CHUNK], now)
         rejected.sort(key=lambda rejection: rejection.index)
         return IngestResult(applied, duplicates + len(records) - applied, tuple(rejected))
 

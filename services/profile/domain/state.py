@@ -44,6 +44,9 @@ from services.profile.domain.events import (
 RECENT_RETURNS_WINDOW = timedelta(days=30)
 LAST_VIEWED_LIMIT = 10
 CART_LOG_LIMIT = 100
+#: A compacted cart keeps at most this many lines (the most recently touched): a real cart is far smaller, and the
+#: bound keeps compaction to once per 50+ changes and the stored state small for a bot that adds forever.
+CART_LINES_LIMIT = 50
 EARLY_RESOLUTIONS_LIMIT = 10
 
 
@@ -105,10 +108,6 @@ class Traits:
 
 def _share(part: float, whole: float) -> float:
     return part / whole if whole else 0.0
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
 
 
 def _time(value: str | None) -> datetime | None:
@@ -225,10 +224,11 @@ class ProfileState:
         if len(self.cart_log) > CART_LOG_LIMIT:
             latest = {entry.sku: entry.at for entry in self.cart_log}
             lines = self.cart_lines()
-            self.cart_log = sorted(
+            compacted = sorted(
                 (CartEntry(latest[line.sku], line.sku, line.quantity, line.unit_price) for line in lines),
                 key=lambda entry: entry.at,
             )
+            self.cart_log = compacted[-CART_LINES_LIMIT:]
 
     def _clear_cart(self, at: datetime) -> None:
         if self.cart_cleared_at is None or at > self.cart_cleared_at:
@@ -326,11 +326,13 @@ class ProfileState:
     # ------------------------------------------------------------------ storage document
 
     def to_document(self) -> dict[str, Any]:
+        """The state as a document for the JSON column; datetimes are left to the serializer (orjson writes them
+        as RFC 3339 in C, several times faster than `isoformat` per list entry on the ingest path)."""
         return {
-            "first_seen_at": _iso(self.first_seen_at),
+            "first_seen_at": (self.first_seen_at),
             "total_spend": self.total_spend,
             "order_count": self.order_count,
-            "last_purchase_at": _iso(self.last_purchase_at),
+            "last_purchase_at": (self.last_purchase_at),
             "units": self.units,
             "full_price_units": self.full_price_units,
             "shipped_orders": self.shipped_orders,
@@ -338,24 +340,22 @@ class ProfileState:
             "refunded": self.refunded,
             "return_count": self.return_count,
             "return_methods": self.return_methods,
-            "return_times": [t.isoformat() for t in self.return_times],
+            "return_times": list(self.return_times),
             "loyalty_tier": self.loyalty_tier,
-            "loyalty_tier_at": _iso(self.loyalty_tier_at),
+            "loyalty_tier_at": (self.loyalty_tier_at),
             "loyalty_points": self.loyalty_points,
             "service_contacts": self.service_contacts,
-            "open_issues": {reason: [t.isoformat() for t in times] for reason, times in self.open_issues.items()},
-            "early_resolutions": {
-                reason: [t.isoformat() for t in times] for reason, times in self.early_resolutions.items()
-            },
-            "last_viewed": [[v.sku, v.dwell_seconds, v.viewed_at.isoformat()] for v in self.last_viewed],
-            "cart_cleared_at": _iso(self.cart_cleared_at),
-            "cart_log": [[e.at.isoformat(), e.sku, e.delta, e.unit_price] for e in self.cart_log],
+            "open_issues": {reason: list(times) for reason, times in self.open_issues.items()},
+            "early_resolutions": {reason: list(times) for reason, times in self.early_resolutions.items()},
+            "last_viewed": [[v.sku, v.dwell_seconds, v.viewed_at] for v in self.last_viewed],
+            "cart_cleared_at": (self.cart_cleared_at),
+            "cart_log": [[e.at, e.sku, e.delta, e.unit_price] for e in self.cart_log],
             "sizes": list(self.sizes),
-            "sizes_at": _iso(self.sizes_at),
+            "sizes_at": (self.sizes_at),
             "colours": list(self.colours),
-            "colours_at": _iso(self.colours_at),
+            "colours_at": (self.colours_at),
             "shipping_method": self.shipping_method,
-            "shipping_method_at": _iso(self.shipping_method_at),
+            "shipping_method_at": (self.shipping_method_at),
             "offer_responses": self.offer_responses,
         }
 
