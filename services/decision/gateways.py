@@ -228,10 +228,11 @@ class InventoryGateway(_Gateway):
         self._stub = inventory_grpc.InventoryServiceStub(channel)
 
     async def availability(
-        self, product_ids: Sequence[str], location_ids: Sequence[str], timeout: float
+        self, product_ids: Sequence[str], location_ids: Sequence[str], timeout: float, skus: Sequence[str] = ()
     ) -> list[StockLevel]:
-        """Units of every variant of the products at the locations (empty `location_ids` = every location)."""
-        request = inventory_pb.CheckAvailabilityRequest(product_ids=product_ids, location_ids=location_ids)
+        """Units of the SKUs and of every variant of the products at the locations (empty `location_ids` = every
+        location)."""
+        request = inventory_pb.CheckAvailabilityRequest(skus=skus, product_ids=product_ids, location_ids=location_ids)
         try:
             reply = await self._stub.CheckAvailability(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:

@@ -31,6 +31,7 @@ from services.decision.domain.model import (
     DecideInput,
     Decision,
     OutcomeInput,
+    StockLevel,
     StockView,
     Traits,
 )
@@ -234,13 +235,7 @@ class DecisionService:
             )
         else:
             scoring = _skipped()
-        # The web and the call centre sell from the warehouse; POS shows this store's and nearby stock.
-        locations = [] if channel == "pos" else [self.policy.warehouse_id]
-        inventory = (
-            _attempt(self.gateways.inventory.availability(product_ids, locations, timeout))
-            if product_ids
-            else _skipped()
-        )
+        inventory = _attempt(self._stock(channel, ctx, product_ids, timeout)) if product_ids else _skipped()
         (scores, scoring_failure), (levels, inventory_failure) = await asyncio.gather(scoring, inventory)
         degraded.extend(reason for reason in (scoring_failure, inventory_failure) if reason)
         conclusion = conclude(
@@ -256,6 +251,24 @@ class DecisionService:
             max_offers=max_offers,
         )
         return conclusion, scores
+
+    async def _stock(self, channel: str, ctx: Context, product_ids: list[str], timeout: float) -> list[StockLevel]:
+        """The stock this decision needs, in as few rows as possible.
+
+        The web and the call centre sell from the warehouse. POS checks its offers and in-store alternatives on this
+        store's shelf, and only the viewed SKU everywhere (ship to home, reserve nearby): two small look-ups in
+        parallel instead of every variant at every location (6x the rows with six locations).
+        """
+        inventory = self.gateways.inventory
+        if channel != "pos":
+            return await inventory.availability(product_ids, [self.policy.warehouse_id], timeout)
+        if not ctx.sku:
+            return await inventory.availability(product_ids, [ctx.store_id], timeout)
+        here, everywhere = await asyncio.gather(
+            inventory.availability(product_ids, [ctx.store_id], timeout),
+            inventory.availability([], [], timeout, skus=[ctx.sku]),
+        )
+        return [*here, *everywhere]
 
     async def _persist(
         self,

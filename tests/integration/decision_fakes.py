@@ -203,15 +203,15 @@ class FakeInventory(inventory_grpc.InventoryServiceServicer):
         self.requests.append(request)
         await self.behaviour.apply(context)
         locations = list(request.location_ids) or list(LOCATIONS)
-        wanted = set(request.product_ids)
+        products, skus = set(request.product_ids), set(request.skus)
         rows = [
             inventory_pb.Availability(
                 sku=v["sku"], product_id=p["product_id"], size=v["size"], colour=v["colour"], location_id=loc,
                 location_kind=LOCATIONS[loc], on_hand=self.on_hand.get((v["sku"], loc), 0),
             )
             for p in PRODUCTS
-            if p["product_id"] in wanted
             for v in p["variants"]
+            if p["product_id"] in products or v["sku"] in skus
             for loc in locations
         ]
         return inventory_pb.CheckAvailabilityResponse(availability=rows)

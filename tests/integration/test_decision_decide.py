@@ -282,7 +282,9 @@ async def test_pos_sold_out_sku_gives_associate_actions_with_stock(database_url,
         max_offers=6,
     )
     reply = await mesh.stub.Decide(request, timeout=5)
-    assert list(mesh.inventory.requests[0].location_ids) == []  # POS sees every location
+    # POS: offers and alternatives on this store's shelf; only the viewed SKU at every location.
+    lookups = sorted((list(r.skus), list(r.location_ids)) for r in mesh.inventory.requests)
+    assert lookups == [([], ["S1"]), (["SNK-42-WHT"], [])]
     ids = [o.offer_id for o in reply.offers]
     # Actions: 0.5 x 27 = 13.5, 0.4 x 27 = 10.8, 0.3 x 27 = 8.1 rank above the catalogue's offers.
     assert ids[:3] == ["action:in_store_alternative", "action:ship_to_home", "action:reserve_nearby"]
