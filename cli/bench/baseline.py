@@ -21,6 +21,8 @@ import signal
 import grpc
 from nextbest.decision.v1 import decision_service_pb2 as decision_pb
 
+from libs.server import run_loop
+
 BACKEND_SERVICE = "nextbest.bench.v1.Backend"
 BACKEND_CALL = f"/{BACKEND_SERVICE}/Call"
 DECISION_SERVICE = "nextbest.decision.v1.DecisionService"
@@ -116,9 +118,9 @@ def main() -> None:
     parser.add_argument("--backend", action="append", default=[], help="host:port of a backend (front only)")
     args = parser.parse_args()
     if args.role == "front":
-        asyncio.run(serve_front(args.port, args.backend))
+        run_loop(serve_front(args.port, args.backend))
     else:
-        asyncio.run(serve_backend(args.port))
+        run_loop(serve_backend(args.port))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nextbest.decision.v1 import decision_service_pb2 as decision_pb
 from nextbest.profile.v1 import profile_service_pb2 as profile_pb
 
+from libs.server import run_loop
+
 from .schedule import run_closed_loop, run_open_loop, send_times
 from .stats import CHANNELS, DEGRADED_BITS, Samples, degraded_mask
 from .workload import BUDGETS, IngestSubject, PlannedRequest, Sku, event_batch, outcome_request
@@ -172,7 +174,7 @@ def _raise_priority() -> bool:
 def _child(conn: Connection, serve: Callable[[], Any]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        asyncio.run(serve())
+        run_loop(serve())
     except (EOFError, BrokenPipeError):
         pass  # the runner went away: nothing left to report to
 

@@ -298,6 +298,8 @@ class DecisionService:
             "context": asdict(ctx),
             "request_context": asdict(request_context(channel, ctx)),
             "known_customer": customer.known,
+            # The feature vector scored, as it was now: training sets are built from it (no later events leak in).
+            "customer_features": dict(customer.features),
         }
         offers = [
             {

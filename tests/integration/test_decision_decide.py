@@ -81,6 +81,8 @@ async def test_happy_path_ranks_by_propensity_value_lever_and_context(database_u
     assert row["customer_id"] == "c-ann" and row["channel"] == "web" and row["degraded"] is False
     assert row["model_version"] == "m-test-3" and row["catalogue_version"] == reply.catalogue_version
     assert [o["offer_id"] for o in row["offers"]] == [o.offer_id for o in reply.offers]
+    # The features scored are logged as they were, so training sets never see later events.
+    assert row["request"]["customer_features"] == {"cust_order_count": 12.0, "cust_net_value": 2500.0}
     trace = {entry["offer_id"]: entry for entry in row["trace"]["considered"]}
     assert set(trace) == {o["id"] for o in OFFERS}  # every offer of the catalogue, with its fate
     assert trace["sneaker-preorder"] == {"offer_id": "sneaker-preorder", "removed": "in_stock_no_pre_order"}
