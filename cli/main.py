@@ -9,7 +9,9 @@ import inspect
 import sys
 
 #: Modules that add sub-commands; each has `register(subparsers)` and sets `func` on its parsers.
-COMMAND_MODULES = ("cli.client", "cli.mesh", "cli.demo", "cli.inventory", "cli.settings_doc", "cli.bench")
+COMMAND_MODULES = (
+    "cli.client", "cli.mesh", "cli.demo", "cli.inventory", "cli.settings_doc", "cli.bench", "cli.model",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

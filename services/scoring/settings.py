@@ -27,6 +27,28 @@ class ScoringSettings(ServiceSettings):
         "offer_propensity", min_length=1, description="Use case scored when a request leaves use_case empty."
     )
     max_candidates: int = Field(200, ge=1, le=10_000, description="Most candidate offers one Score call may carry.")
+    registry_poll_seconds: float = Field(
+        2.0,
+        gt=0,
+        le=3600,
+        description="How often each scoring process re-reads the model registry, so a promotion made anywhere "
+        "is served everywhere within this time.",
+    )
+    reject_unknown_features: bool = Field(
+        True,
+        description="Answer INVALID_ARGUMENT when a request sends a feature the model does not know "
+        "(false: ignore such features).",
+    )
+    auto_promote_margin: float = Field(
+        0.005,
+        ge=0,
+        le=1,
+        description="`nextbest model train --auto-promote` (scheduled retraining) promotes the new candidate only if "
+        "its hold-out AUC beats the champion's on the same rows by at least this much.",
+    )
+    batch_chunk_rows: int = Field(
+        8192, ge=1, le=1_000_000, description="Rows per streamed ScoreBatch response message (one model call each)."
+    )
 
     @model_validator(mode="after")
     def _default_models_dir(self) -> ScoringSettings:

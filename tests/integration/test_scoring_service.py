@@ -61,8 +61,9 @@ async def expect_error(call, code: grpc.StatusCode, details_start: str) -> None:
 
 async def test_score_returns_probabilities_that_rank_as_the_truth_implies(serve, database_url, trained, tmp_path):
     stub = await start(serve, database_url, trained, tmp_path)
-    reply = await stub.Score(score_request(-2.0, 2.0, 0.2, loyalty=0.0, noise=0.5, lifetime_orders=4), timeout=5)
+    reply = await stub.Score(score_request(-2.0, 2.0, 0.2, loyalty=0.0, noise=0.5), timeout=5)
     assert (reply.model_name, reply.model_version) == ("offer-propensity-xgb", "v1")
+    assert reply.model_status == pb.MODEL_STATUS_CHAMPION
     assert [s.offer_id for s in reply.scores] == ["o-0", "o-1", "o-2"]
     low, high, middle = (s.probability for s in reply.scores)
     assert 0 < low < middle < high < 1
@@ -91,6 +92,20 @@ async def test_score_rejects_bad_input_naming_the_field(serve, database_url, tra
     await expect_error(
         stub.Score(score_request(1.0, use_case="churn"), timeout=5), grpc.StatusCode.NOT_FOUND, "use case churn"
     )
+    # A feature the model does not know is refused by name, as is a categorical sent to a numeric feature.
+    await expect_error(
+        stub.Score(score_request(1.0, lifetime_orders=4), timeout=5),
+        invalid,
+        "customer_features[lifetime_orders]: is not a feature of model offer_propensity/v1",
+    )
+    unknown_offer_feature = score_request(1.0, 2.0)
+    unknown_offer_feature.candidates[1].offer_features["colour"] = 1.0
+    await expect_error(
+        stub.Score(unknown_offer_feature, timeout=5), invalid, "candidates[1].offer_features[colour]: is not a feature"
+    )
+    as_category = score_request(1.0)
+    as_category.customer_categories["loyalty"] = "gold"
+    await expect_error(stub.Score(as_category, timeout=5), invalid, "customer_categories[loyalty]: is numeric")
     # 200 candidates is within the limit and still one call.
     assert len((await stub.Score(score_request(*[0.5] * 200), timeout=5)).scores) == 200
 
@@ -143,7 +158,7 @@ async def test_without_a_champion_the_service_starts_and_score_is_a_failed_preco
     assert (listed.version, listed.status) == ("c1", pb.MODEL_STATUS_CANDIDATE)
 
 
-async def test_a_restart_registers_only_new_folders_and_serves_the_newest_champion(serve, database_url, trained, tmp_path):
+async def test_a_restart_registers_only_new_folders_and_a_new_champion_folder_takes_over(serve, database_url, trained, tmp_path):
     models_dir = tmp_path / "models"
     shutil.copytree(trained, models_dir)
     first = await start(serve, database_url, models_dir, tmp_path)
@@ -155,4 +170,5 @@ async def test_a_restart_registers_only_new_folders_and_serves_the_newest_champi
 
     assert (await second.Score(score_request(1.0), timeout=5)).model_version == "v2"
     listed = (await second.ListModels(pb.ListModelsRequest(), timeout=5)).models
-    assert [(m.version, m.status) for m in listed] == [("v2", pb.MODEL_STATUS_CHAMPION), ("v1", pb.MODEL_STATUS_CHAMPION)]
+    # Exactly one champion per use case: the imported champion replaced v1, which is retired.
+    assert [(m.version, m.status) for m in listed] == [("v2", pb.MODEL_STATUS_CHAMPION), ("v1", pb.MODEL_STATUS_RETIRED)]

@@ -1,0 +1,385 @@
+"""`nextbest model ...`: the model lifecycle — list, show, promote, retire, train (CSV or decision log), compare.
+
+list/show/promote/retire call the running scoring service (NEXTBEST_SCORING_PORT, `--target`); promotion is served
+by every scoring process within NEXTBEST_SCORING_REGISTRY_POLL_SECONDS. `train` and `compare` work offline next to
+the databases: `train` writes the artifact and registers it as a candidate in the scoring registry; `compare` reads
+the decision log (read-only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+from nextbest.scoring.v1 import scoring_service_pb2 as pb
+
+from cli.client import _call
+from libs.settings import load_settings
+
+_STATUS_FLAGS = {"candidate": pb.MODEL_STATUS_CANDIDATE, "challenger": pb.MODEL_STATUS_CHALLENGER,
+                 "champion": pb.MODEL_STATUS_CHAMPION, "retired": pb.MODEL_STATUS_RETIRED}
+
+
+def _status(value: int) -> str:
+    return pb.ModelStatus.Name(value).removeprefix("MODEL_STATUS_").lower()
+
+
+def _rpc_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", help="scoring service host:port (default from NEXTBEST_HOST/NEXTBEST_SCORING_PORT)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+    parser.add_argument("--json", action="store_true", help="print the raw reply as JSON")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    model = subparsers.add_parser("model", help="model lifecycle: list, show, promote, retire, train, compare")
+    commands = model.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
+
+    listing = commands.add_parser("list", help="registered model versions, newest first per use case")
+    listing.add_argument("--use-case", default="", help="only this use case")
+    listing.add_argument("--status", action="append", choices=sorted(_STATUS_FLAGS), default=[],
+                         help="only this status (repeatable)")
+    _rpc_flags(listing)
+    listing.set_defaults(func=cmd_list)
+
+    show = commands.add_parser("show", help="one version with its model card")
+    show.add_argument("use_case")
+    show.add_argument("version")
+    _rpc_flags(show)
+    show.set_defaults(func=cmd_show)
+
+    promote = commands.add_parser("promote", help="make a version the champion, or the challenger with --challenger")
+    promote.add_argument("use_case")
+    promote.add_argument("version")
+    promote.add_argument("--challenger", type=float, metavar="SHARE",
+                         help="promote to challenger scoring this share of customers (0 < SHARE <= 0.5)")
+    _rpc_flags(promote)
+    promote.set_defaults(func=cmd_promote)
+
+    retire = commands.add_parser("retire", help="take a (non-champion) version out of service")
+    retire.add_argument("use_case")
+    retire.add_argument("version")
+    _rpc_flags(retire)
+    retire.set_defaults(func=cmd_retire)
+
+    train = commands.add_parser(
+        "train",
+        help="train a candidate from a CSV (--csv) or from the decision log",
+        description="With --csv: a stratified random 20%% hold-out, early stopping on a validation slice, metrics "
+        "against a logistic-regression baseline. Without: decisions joined to outcomes within --window-days, a "
+        "time-based split. Either way the model is registered as a candidate with its model card.",
+    )
+    train.add_argument("use_case", help="e.g. offer_propensity, churn_risk")
+    train.add_argument("--csv", type=Path, help="training data with a header row")
+    train.add_argument("--transactions", type=Path,
+                       help="lifetime value: a CSV of customer_id,occurred_at,amount,type (order|return); trains "
+                       "future net spend over --horizon-days against an RFM baseline on a time split")
+    train.add_argument("--horizon-days", type=int, default=365, help="lifetime-value horizon (default 365)")
+    train.add_argument("--label", help="the label column (with --csv)")
+    train.add_argument("--drop", nargs="+", default=[], metavar="COL", help="columns to leave out (e.g. leaking ones)")
+    train.add_argument("--positive", help="the label value that means 'yes' (default: inferred, e.g. yes/1/true)")
+    train.add_argument("--window-days", type=float, default=7.0, help="attribution window for the decision log")
+    train.add_argument("--as-of", help="training cut-off, ISO-8601 (default: now)")
+    train.add_argument("--seed", type=int, default=7)
+    train.add_argument(
+        "--auto-promote", action="store_true",
+        help="scheduled retraining (cron / Kubernetes CronJob): promote the candidate to champion only if its hold-out "
+        "AUC beats the champion's on the same rows by NEXTBEST_SCORING_AUTO_PROMOTE_MARGIN (or --margin)",
+    )
+    train.add_argument("--margin", type=float, help="override the auto-promotion margin (AUC points, e.g. 0.005)")
+    train.add_argument("--json", action="store_true", help="print the model card as JSON")
+    train.set_defaults(func=cmd_train)
+
+    compare = commands.add_parser(
+        "compare", help="acceptance, revenue per decision and calibration per model version, from the decision log"
+    )
+    compare.add_argument("--window-days", type=float, default=7.0, help="attribution window")
+    compare.add_argument("--since", help="only decisions at or after this ISO-8601 time")
+    compare.add_argument("--as-of", help="cut-off, ISO-8601 (default: now)")
+    compare.add_argument("--json", action="store_true")
+    compare.set_defaults(func=cmd_compare)
+
+
+# --------------------------------------------------------------------------------------------------- RPC commands
+
+
+def _line(m: pb.ModelInfo) -> str:
+    share = f" share={m.traffic_share:.0%}" if m.status == pb.MODEL_STATUS_CHALLENGER else ""
+    metrics = ", ".join(f"{k}={m.metrics[k]:.4f}" for k in ("auc", "pr_auc", "logloss") if k in m.metrics)
+    return (f"{m.use_case} {m.version} [{_status(m.status)}{share}] {m.name}: {len(m.features)} features, "
+            f"{m.training_rows} training rows{', ' + metrics if metrics else ''}")
+
+
+async def cmd_list(args: argparse.Namespace) -> int:
+    request = pb.ListModelsRequest(use_case=args.use_case, statuses=[_STATUS_FLAGS[s] for s in args.status])
+    reply = await _call(args, "scoring", "ListModels", request)
+    if reply is None:
+        return 1
+    if not args.json:
+        for m in reply.models:
+            print(_line(m))
+    return 0
+
+
+async def cmd_show(args: argparse.Namespace) -> int:
+    reply = await _call(args, "scoring", "GetModel", pb.GetModelRequest(use_case=args.use_case, version=args.version))
+    if reply is None:
+        return 1
+    if not args.json:
+        m = reply.model
+        print(_line(m))
+        print(f"  artifact: {m.artifact_key}; parent: {m.parent_version or '-'}; trained "
+              f"{m.trained_at.ToDatetime(tzinfo=UTC):%Y-%m-%d %H:%M:%S}Z; rows {dict(m.row_counts)}")
+        print("  features: " + ", ".join(
+            f"{f.name}({len(f.levels)} levels)" if f.levels else f.name for f in m.features))
+        for name, value in sorted(m.metrics.items()):
+            print(f"  {name:24s} {value:.4f}")
+        _print_card(orjson.loads(reply.card_json))
+    return 0
+
+
+async def cmd_promote(args: argparse.Namespace) -> int:
+    target = pb.MODEL_STATUS_CHALLENGER if args.challenger is not None else pb.MODEL_STATUS_CHAMPION
+    request = pb.PromoteModelRequest(use_case=args.use_case, version=args.version, target=target,
+                                     traffic_share=args.challenger or 0.0)
+    reply = await _call(args, "scoring", "PromoteModel", request)
+    if reply is None:
+        return 1
+    if not args.json:
+        print(_line(reply.model))
+        if reply.replaced_version:
+            print(f"  replaced {reply.replaced_version}")
+    return 0
+
+
+async def cmd_retire(args: argparse.Namespace) -> int:
+    reply = await _call(args, "scoring", "RetireModel",
+                        pb.RetireModelRequest(use_case=args.use_case, version=args.version))
+    if reply is None:
+        return 1
+    if not args.json:
+        print(_line(reply.model))
+    return 0
+
+
+def _print_card(card: dict[str, Any]) -> None:
+    if baseline := card.get("baseline"):
+        metrics = baseline.get("metrics", {})
+        print(f"  baseline ({baseline.get('model')}): " + ", ".join(
+            f"{k}={metrics[k]:.4f}" for k in ("auc", "pr_auc", "logloss") if k in metrics))
+    if reliability := card.get("reliability"):
+        print("  reliability (hold-out, equal-count bins of predicted probability)")
+        print("     bin   rows  predicted  observed")
+        for row in reliability:
+            print(f"    {row['bin']:>4d} {row['rows']:>6d}  {row['mean_predicted']:9.4f} {row['observed_rate']:9.4f}")
+    if lift := card.get("lift_by_decile"):
+        print("  lift by decile (hold-out, highest scores first)")
+        print("  decile   rows    rate   lift  cumulative capture")
+        for row in lift:
+            print(f"    {row['decile']:>4d} {row['rows']:>6d}  {row['positive_rate']:.4f} {row['lift']:5.2f}  "
+                  f"{row['cumulative_capture']:>8.1%}")
+
+
+# --------------------------------------------------------------------------------------------------- train
+
+
+def _time(text: str | None) -> datetime:
+    if not text:
+        return datetime.now(UTC)
+    moment = datetime.fromisoformat(text)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _report(trained, as_json: bool) -> None:
+    meta = trained.metadata
+    if as_json:
+        print(orjson.dumps(meta.to_json(), option=orjson.OPT_INDENT_2).decode())
+        return
+    m, b = trained.result.metrics, trained.result.baseline_metrics
+    print(f"registered {meta.use_case}/{meta.version} as a candidate (parent {meta.parent_version or '-'}); "
+          f"rows {meta.row_counts}, {meta.params.get('trees')} trees, split {trained.result.split.kind}")
+    print(f"  {'hold-out':10s} {'AUC':>7s} {'PR-AUC':>7s} {'logloss':>8s} {'Brier':>7s} {'ECE':>7s} {'lift@1':>7s}")
+    for name, metrics in (("model", m), ("baseline", b)):
+        print(f"  {name:10s} {metrics['auc']:7.4f} {metrics['pr_auc']:7.4f} {metrics['logloss']:8.4f} "
+              f"{metrics['brier']:7.4f} {metrics['ece']:7.4f} {metrics['top_decile_lift']:7.2f}")
+    verdict = "beats" if trained.result.beats_baseline else "does NOT beat"
+    print(f"  the model {verdict} the logistic-regression baseline on hold-out AUC")
+    _print_card(meta.card | {"baseline": None})
+    if comparison := trained.comparison:
+        print(f"  champion {comparison['champion_version']} on the same hold-out: AUC {comparison['champion_auc']:.4f} "
+              f"(candidate {comparison['candidate_auc']:.4f})")
+    if trained.promoted:
+        print(f"promoted {meta.use_case}/{meta.version} to champion (served within the registry poll interval)")
+    elif getattr(trained, "comparison", None) is not None and comparison.get("margin") is not None:
+        print(f"kept the champion: the candidate does not beat it by {comparison['margin']} AUC")
+    else:
+        print(f"promote with: nextbest model promote {meta.use_case} {meta.version} [--challenger 0.1]")
+
+
+def _margin(settings, args: argparse.Namespace) -> float | None:
+    if not args.auto_promote:
+        return None
+    return args.margin if args.margin is not None else settings.auto_promote_margin
+
+
+async def cmd_train(args: argparse.Namespace) -> int:
+    from services.scoring.offline import train_from_dataset
+    from services.scoring.settings import ScoringSettings
+    from services.scoring.tabular import DatasetError, load_csv
+
+    settings = load_settings(ScoringSettings)
+    try:
+        if args.transactions is not None:
+            return await _train_lifetime_value(settings, args)
+        if args.csv is not None:
+            if not args.label:
+                print("nextbest model train: --csv needs --label", file=sys.stderr)
+                return 2
+            dataset = load_csv(args.csv, args.label, drop=args.drop, positive=args.positive)
+            trained = await train_from_dataset(settings, args.use_case, dataset, seed=args.seed,
+                                               auto_promote_margin=_margin(settings, args))
+        else:
+            trained = await _train_from_log(settings, args)
+            if trained is None:
+                return 1
+    except (DatasetError, ValueError, OSError) as exc:
+        print(f"nextbest model train: {exc}", file=sys.stderr)
+        return 1
+    _report(trained, args.json)
+    return 0
+
+
+async def _train_lifetime_value(settings, args: argparse.Namespace) -> int:
+    from services.scoring.lifetime_value import read_transactions
+    from services.scoring.offline import train_lifetime_value_candidate
+
+    transactions = read_transactions(args.transactions)
+    trained = await train_lifetime_value_candidate(settings, args.use_case, transactions,
+                                                   horizon_days=args.horizon_days, seed=args.seed,
+                                                   source=str(args.transactions))
+    meta, result = trained.metadata, trained.result
+    if args.json:
+        print(orjson.dumps(meta.to_json(), option=orjson.OPT_INDENT_2).decode())
+        return 0
+    print(f"registered {meta.use_case}/{meta.version} as a candidate; trained on features at "
+          f"{result.train_cutoff:%Y-%m-%d}, evaluated at {result.eval_cutoff:%Y-%m-%d} ({meta.row_counts})")
+    print(f"  {'hold-out':10s} {'RMSE':>10s} {'MAE':>10s} {'Spearman':>9s} {'top-decile spend':>17s}")
+    for name, m in (("model", result.metrics), ("RFM cells", result.baseline_metrics)):
+        print(f"  {name:10s} {m['rmse']:10.2f} {m['mae']:10.2f} {m['spearman']:9.3f} {m['top_decile_spend_share']:17.1%}")
+    verdict = "beats" if result.beats_baseline else "does NOT beat"
+    print(f"  the model {verdict} the RFM baseline on hold-out RMSE")
+    return 0
+
+
+async def read_decision_log(database_url: str, since: datetime | None = None):
+    """Decisions and outcomes from the decision service's database, read-only, as scoring's plain records."""
+    from sqlalchemy import select, text
+
+    from libs.db import as_utc, create_engine
+    from services.decision.storage import decisions, outcomes
+    from services.scoring.outcomes import LoggedDecision, LoggedOutcome, ShownOffer
+
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.connect() as connection:
+            if connection.dialect.name == "postgresql":
+                await connection.execute(text("SET TRANSACTION READ ONLY"))
+            query = select(decisions.c.decision_id, decisions.c.customer_id, decisions.c.created_at,
+                           decisions.c.model_version, decisions.c.offers, decisions.c.request, decisions.c.trace)
+            if since is not None:
+                query = query.where(decisions.c.created_at >= since)
+            logged = []
+            for row in await connection.execute(query.order_by(decisions.c.created_at)):
+                request, trace = row.request or {}, row.trace or {}
+                snapshot = request.get("customer_features", trace.get("customer_features"))
+                logged.append(LoggedDecision(
+                    decision_id=row.decision_id,
+                    customer_id=row.customer_id,
+                    decided_at=as_utc(row.created_at),
+                    model_version=row.model_version,
+                    offers=tuple(ShownOffer(o["offer_id"], float(o.get("propensity") or 0.0)) for o in row.offers or ()),
+                    customer_features={k: float(v) for k, v in snapshot.items()} if snapshot is not None else None,
+                    context=request.get("request_context") or {},
+                ))
+            outcome_rows = await connection.execute(select(
+                outcomes.c.decision_id, outcomes.c.offer_id, outcomes.c.type, outcomes.c.occurred_at,
+                outcomes.c.recorded_at, outcomes.c.revenue))
+            recorded = [LoggedOutcome(r.decision_id, r.offer_id, r.type, as_utc(r.occurred_at), as_utc(r.recorded_at),
+                                      float(r.revenue)) for r in outcome_rows]
+    finally:
+        await engine.dispose()
+    return logged, recorded
+
+
+MISSING_SNAPSHOT = (
+    "the decision log stores no customer feature snapshot: decision_decisions.request has no 'customer_features' "
+    "(the profile feature vector the decision scored with). Training on today's profile would leak later events "
+    "into old decisions, so no model is trained. The decision service must log that field."
+)
+
+
+async def _train_from_log(settings, args: argparse.Namespace):
+    from services.decision.catalogue import load_catalogue
+    from services.decision.features import RequestContext, offer_features
+    from services.decision.settings import DecisionSettings
+    from services.scoring.offline import train_from_rows
+    from services.scoring.outcomes import build_training_set
+
+    decision_settings = load_settings(DecisionSettings)
+    catalogue = load_catalogue(decision_settings.resolved_catalogue_dir)
+    logged, recorded = await read_decision_log(decision_settings.resolved_database_url)
+
+    def features_of(decision, offer_id: str):
+        offer = catalogue.offer(offer_id)
+        if offer is None:
+            return None
+        context = RequestContext(**{k: v for k, v in decision.context.items()
+                                    if k in RequestContext.__dataclass_fields__})
+        return offer_features(offer, context, catalogue)
+
+    window = timedelta(days=args.window_days)
+    training = build_training_set(logged, recorded, window=window, as_of=_time(args.as_of), offer_features=features_of)
+    print(f"decision log: {len(logged)} decisions, {len(recorded)} outcomes; {len(training.rows)} training rows "
+          f"({sum(training.labels)} accepted); skipped {training.skipped or 'none'}")
+    if not training.rows:
+        print(f"nextbest model train: {MISSING_SNAPSHOT if training.skipped.get('no_feature_snapshot') else 'no rows'}",
+              file=sys.stderr)
+        return None
+    names: list[str] = []
+    for row in training.rows:
+        names.extend(name for name in row if name not in names)
+    return await train_from_rows(settings, args.use_case, training.rows, training.labels, training.times, names,
+                                 seed=args.seed, provenance={"source": "decision log",
+                                                             "attribution_window_days": args.window_days,
+                                                             "skipped": training.skipped},
+                                 auto_promote_margin=_margin(settings, args))
+
+
+# --------------------------------------------------------------------------------------------------- compare
+
+
+async def cmd_compare(args: argparse.Namespace) -> int:
+    from services.decision.settings import DecisionSettings
+    from services.scoring.outcomes import compare_versions
+
+    url = load_settings(DecisionSettings).resolved_database_url
+    logged, recorded = await read_decision_log(url, _time(args.since) if args.since else None)
+    reports = compare_versions(logged, recorded, window=timedelta(days=args.window_days), as_of=_time(args.as_of))
+    if args.json:
+        print(orjson.dumps([{**r.__dict__, "calibration_ratio": r.calibration_ratio} for r in reports],
+                           option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode())
+        return 0
+    if not reports:
+        print("no decisions with a closed attribution window yet")
+        return 0
+    print(f"{'model version':26s} {'decisions':>9s}  {'acceptance (95% CI)':24s} {'revenue/decision (95% CI)':28s} "
+          f"{'predicted':>9s} {'observed (95% CI)':22s} {'obs/pred':>8s}")
+    for r in reports:
+        a, v, o = r.acceptance, r.revenue_per_decision, r.observed_offer_rate
+        print(f"{r.model_version:26s} {r.decisions:9d}  {a[0]:6.2%} [{a[1]:6.2%}, {a[2]:6.2%}]   "
+              f"{v[0]:8.2f} [{v[1]:8.2f}, {v[2]:8.2f}]   {r.mean_predicted:9.4f} "
+              f"{o[0]:6.2%} [{o[1]:6.2%}, {o[2]:6.2%}] {r.calibration_ratio:8.2f}")
+    return 0

@@ -1,0 +1,236 @@
+"""Offline model work for `nextbest model train` and scheduled retraining: train, evaluate, register a candidate.
+
+Runs next to the registry database and artifact store (a CLI, a cron job), not inside the serving path. Training is
+CPU-bound and runs in a worker thread; the registry is written through the same adapter the service uses, so the new
+version appears as a candidate in `nextbest model list` at once (and is served only after `PromoteModel`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from libs.db import create_engine, migrate
+from libs.protoconv import utcnow
+from services.scoring.artifacts import (
+    Artifact,
+    ArtifactStore,
+    FeatureSpec,
+    LocalArtifactStore,
+    ModelMetadata,
+    ModelStatus,
+    model_columns,
+)
+from services.scoring.domain import FeatureSchema, RegisteredModel
+from services.scoring.lifetime_value import LTV_FEATURES, LtvResult, Transaction, train_lifetime_value
+from services.scoring.settings import ScoringSettings
+from services.scoring.storage import SqlModelRegistry
+from services.scoring.tabular import Dataset
+from services.scoring.training import (
+    Split,
+    TrainingResult,
+    new_version,
+    roc_auc,
+    stratified_three_way,
+    time_split,
+    train_and_evaluate,
+)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+@asynccontextmanager
+async def registry_for(settings: ScoringSettings):
+    """The registry (migrated) and artifact store the scoring service with these settings uses."""
+    engine = create_engine(settings.resolved_database_url, pool_size=2)
+    try:
+        await migrate(engine, MIGRATIONS, "alembic_version_scoring")
+        yield SqlModelRegistry(engine), LocalArtifactStore(settings.models_dir)
+    finally:
+        await engine.dispose()
+
+
+@dataclass(frozen=True)
+class Trained:
+    metadata: ModelMetadata
+    result: TrainingResult
+    #: The serving champion scored on the candidate's hold-out, when there is a champion.
+    comparison: dict[str, Any] | None = None
+    #: Whether the candidate was promoted to champion (only with auto-promotion).
+    promoted: bool = False
+
+
+def _champion_holdout_auc(store: ArtifactStore, champion: RegisteredModel, x: np.ndarray, columns: Sequence[str],
+                          y: np.ndarray, rows: np.ndarray) -> float:
+    """The champion's AUC on the candidate's hold-out rows (its columns picked by name; absent ones missing)."""
+    booster = store.load(champion.artifact_path, champion.feature_names, nthread=2)
+    position = {name: i for i, name in enumerate(columns)}
+    matrix = np.full((rows.size, len(champion.feature_names)), np.nan, dtype=np.float32)
+    for j, name in enumerate(champion.feature_names):
+        if name in position:
+            matrix[:, j] = x[rows, position[name]]
+    return roc_auc(y[rows], booster.inplace_predict(matrix, validate_features=False))
+
+
+async def _register(
+    settings: ScoringSettings,
+    build: Any,
+    result: TrainingResult,
+    x: np.ndarray,
+    y: np.ndarray,
+    auto_promote_margin: float | None,
+) -> Trained:
+    """Writes and registers the candidate; with a margin, promotes it if it beats the champion's hold-out AUC by it."""
+    async with registry_for(settings) as (registry, store):
+        champions = await registry.models(build["use_case"], [ModelStatus.CHAMPION])
+        champion = champions[0] if champions else None
+        comparison = None
+        if champion is not None:
+            champion_auc = await asyncio.to_thread(
+                _champion_holdout_auc, store, champion, x, build["feature_names"], y, result.split.test
+            )
+            comparison = {"champion_version": champion.version, "champion_auc": champion_auc,
+                          "candidate_auc": result.metrics["auc"], "margin": auto_promote_margin}
+        now = utcnow()
+        metadata = ModelMetadata(
+            **{**build, "card": {**build["card"], **({"champion_comparison": comparison} if comparison else {})}},
+            version=new_version(now),
+            status=ModelStatus.CANDIDATE,
+            trained_at=now,
+            parent_version=champion.version if champion else None,
+        )
+        await asyncio.to_thread(store.write, metadata, result.booster)
+        folder = settings.models_dir / metadata.use_case / metadata.version
+        await registry.register([RegisteredModel.from_artifact(Artifact(folder, metadata), now)], now)
+        promoted = False
+        if auto_promote_margin is not None and (
+            comparison is None or comparison["candidate_auc"] >= comparison["champion_auc"] + auto_promote_margin
+        ):
+            # Every scoring process serves it within its registry poll interval.
+            await registry.promote(metadata.use_case, metadata.version, ModelStatus.CHAMPION, 0.0, utcnow())
+            promoted = True
+    return Trained(metadata, result, comparison, promoted)
+
+
+def _plain(document: Any) -> Any:
+    """Plain JSON types only (numpy scalars become floats), as the registry's JSON columns expect."""
+    return json.loads(json.dumps(document, allow_nan=False))
+
+
+def _card(result: TrainingResult, extra: Mapping[str, Any]) -> dict[str, Any]:
+    return _plain({
+        **extra,
+        "split": result.split.kind,
+        "evaluated_on": "hold-out (test) rows never used for training or early stopping",
+        "baseline": {"model": "logistic regression (gblinear, standardised one-hot columns)",
+                     "metrics": result.baseline_metrics},
+        "beats_baseline": result.beats_baseline,
+        **result.tables,
+    })
+
+
+def _row_counts(split: Split) -> dict[str, int]:
+    return {"train": int(split.train.size), "validation": int(split.validation.size), "test": int(split.test.size)}
+
+
+def _metrics(result: TrainingResult) -> dict[str, float]:
+    return _plain({**result.metrics,
+                   **{f"baseline_{k}": v for k, v in result.baseline_metrics.items() if k != "base_rate"}})
+
+
+async def train_from_dataset(
+    settings: ScoringSettings, use_case: str, dataset: Dataset, *, seed: int = 7,
+    auto_promote_margin: float | None = None,
+) -> Trained:
+    """Stratified random hold-out, trees with early stopping, baseline; registers the candidate with its card."""
+    split = stratified_three_way(dataset.y, seed)
+    result = await asyncio.to_thread(train_and_evaluate, dataset.x, dataset.y, dataset.columns, split, seed=seed)
+    card = _card(result, {
+        "data": {"source": dataset.source, "label": dataset.label, "positive": dataset.positive,
+                 "dropped": list(dataset.dropped), "renamed": dict(dataset.renamed), "rows": int(dataset.y.size),
+                 "positive_rate": float(dataset.y.mean())},
+    })
+    build = dict(
+        name=f"{use_case.replace('_', '-')}-xgb", use_case=use_case, feature_names=dataset.columns,
+        features=dataset.features, metrics=_metrics(result), training_rows=int(split.train.size),
+        row_counts=_row_counts(split), params=_plain(result.params), card=card, allows_missing=True,
+    )
+    return await _register(settings, build, result, dataset.x, dataset.y, auto_promote_margin)
+
+
+async def train_from_rows(
+    settings: ScoringSettings,
+    use_case: str,
+    rows: Sequence[Mapping[str, float]],
+    labels: Sequence[int],
+    times: Sequence[datetime],
+    feature_names: Sequence[str],
+    *,
+    seed: int = 7,
+    provenance: Mapping[str, Any] | None = None,
+    auto_promote_margin: float | None = None,
+) -> Trained:
+    """Time-based split (oldest train, newest hold-out), early stopping, baseline; registers the candidate."""
+    features = tuple(FeatureSpec(name) for name in feature_names)
+    x = FeatureSchema(features, reject_unknown=False).training_matrix(rows)
+    y = np.asarray(labels, dtype=np.float32)
+    stamps = np.array([t.timestamp() for t in times])
+    split = time_split(stamps)
+    result = await asyncio.to_thread(train_and_evaluate, x, y, model_columns(features), split, seed=seed)
+    window = (min(times), max(times))
+    card = _card(result, {"data": {**(provenance or {}), "rows": len(rows), "positive_rate": float(y.mean())}})
+    build = dict(
+        name=f"{use_case.replace('_', '-')}-xgb", use_case=use_case, feature_names=model_columns(features),
+        features=features, metrics=_metrics(result), training_rows=int(split.train.size),
+        row_counts=_row_counts(split), params=_plain(result.params), card=card, allows_missing=True,
+        training_window=window,
+    )
+    return await _register(settings, build, result, x, y, auto_promote_margin)
+
+
+@dataclass(frozen=True)
+class TrainedLtv:
+    metadata: ModelMetadata
+    result: LtvResult
+
+
+async def train_lifetime_value_candidate(
+    settings: ScoringSettings, use_case: str, transactions: Sequence[Transaction], *, horizon_days: int = 365,
+    seed: int = 7, source: str = "",
+) -> TrainedLtv:
+    """Future net spend regression on a time split against the RFM baseline; registered as a candidate."""
+    result = await asyncio.to_thread(
+        train_lifetime_value, transactions, horizon=timedelta(days=horizon_days), seed=seed
+    )
+    metrics = _plain({**result.metrics, **{f"baseline_{k}": v for k, v in result.baseline_metrics.items()}})
+    card = _plain({
+        "data": {"source": source or "transactions", "transactions": len(transactions)},
+        "label": f"net spend (orders minus returns) in the {horizon_days} days after the cut-off",
+        "split": "time",
+        "train_cutoff": result.train_cutoff.isoformat(),
+        "evaluation_cutoff": result.eval_cutoff.isoformat(),
+        "baseline": {"model": "RFM quintile cells (mean future spend per cell)", "metrics": result.baseline_metrics},
+        "beats_baseline": result.beats_baseline,
+    })
+    async with registry_for(settings) as (registry, store):
+        champions = await registry.models(use_case, [ModelStatus.CHAMPION])
+        now = utcnow()
+        metadata = ModelMetadata(
+            name=f"{use_case.replace('_', '-')}-xgb", use_case=use_case, version=new_version(now),
+            status=ModelStatus.CANDIDATE, feature_names=LTV_FEATURES, metrics=metrics,
+            training_rows=result.row_counts["train"], trained_at=now, params=_plain(result.params),
+            parent_version=champions[0].version if champions else None, row_counts=result.row_counts,
+            training_window=(result.train_cutoff - timedelta(days=horizon_days), result.eval_cutoff), card=card,
+        )
+        await asyncio.to_thread(store.write, metadata, result.booster)
+        folder = settings.models_dir / metadata.use_case / metadata.version
+        await registry.register([RegisteredModel.from_artifact(Artifact(folder, metadata), now)], now)
+    return TrainedLtv(metadata, result)
