@@ -32,14 +32,22 @@ def _json_dumps(value: object) -> str:
     return orjson.dumps(value).decode()
 
 
-def create_engine(url: str, *, pool_size: int = 12) -> AsyncEngine:
-    """The process's engine. SQLite gets WAL and a busy timeout so readers never block the writer."""
+def create_engine(url: str, *, pool_size: int = 12, hide_parameters: bool = False) -> AsyncEngine:
+    """The process's engine. SQLite gets WAL and a busy timeout so readers never block the writer.
+
+    `hide_parameters` keeps bound values out of driver error messages (and so out of logged stack traces): for
+    services whose parameters are PII.
+    """
     if is_sqlite(url):
         database = make_url(url).database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(
-            url, connect_args={"timeout": 30}, json_serializer=_json_dumps, json_deserializer=orjson.loads
+            url,
+            connect_args={"timeout": 30},
+            json_serializer=_json_dumps,
+            json_deserializer=orjson.loads,
+            hide_parameters=hide_parameters,
         )
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -68,6 +76,7 @@ def create_engine(url: str, *, pool_size: int = 12) -> AsyncEngine:
         # JSON columns (profile state, decision traces) are on hot paths: orjson is ~10x faster than json.
         json_serializer=_json_dumps,
         json_deserializer=orjson.loads,
+        hide_parameters=hide_parameters,
     )
 
 

@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 

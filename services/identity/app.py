@@ -2,28 +2,47 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from nextbest.identity.v1 import identity_service_pb2_grpc as pb_grpc
 
 from libs.db import create_engine, migrate
 from libs.server import Registration, ServiceApp
-from services.identity.domain import Identifier, IdentifierKind, IdentityService, Normaliser
+from services.identity.domain import Identifier, IdentifierKind, IdentityService, MatchPolicy, Normaliser
+from services.identity.matching.model import MatchModel
 from services.identity.servicer import FULL_NAME, IdentityServicer
 from services.identity.settings import IdentitySettings
 from services.identity.storage import SqlIdentityRepository
 
+_log = logging.getLogger(__name__)
 _WARM_UP_IDENTIFIER = Identifier(IdentifierKind.EMAIL, "warm-up@nextbest.invalid")
 
 
 def build(settings: IdentitySettings) -> ServiceApp:
     """The identity service, ready to serve once `on_start` has migrated the database."""
-    engine = create_engine(settings.resolved_database_url)
+    # Identifiers and traits are PII: keep bound values out of driver errors and so out of logged stack traces,
+    # and out of aiosqlite's DEBUG lines (it logs every statement with its parameters).
+    engine = create_engine(settings.resolved_database_url, hide_parameters=True)
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, logging.getLogger("aiosqlite").level))
     repository = SqlIdentityRepository(engine)
-    service = IdentityService(repository, Normaliser(settings.default_region))
+    policy = MatchPolicy(
+        upper=settings.match_upper_threshold,
+        lower=settings.match_lower_threshold,
+        max_candidates=settings.match_max_candidates,
+    )
+    service = IdentityService(repository, Normaliser(settings.default_region), policy=policy)
 
     async def on_start() -> None:
         await migrate(engine, Path(__file__).parent / "migrations", "alembic_version_identity")
+        # The newest m/u parameters estimated from the stored records (`nextbest identity estimate`); the
+        # built-in defaults until there are any.
+        stored = await repository.latest_model()
+        if stored is not None:
+            try:
+                service.use_model(MatchModel.from_dict(stored))
+            except (ValueError, KeyError, TypeError):
+                _log.warning("stored match model does not fit these comparison levels; using the defaults")
         # Open a pooled connection and compile Resolve's lookup so the first real call does not pay for them.
         await repository.owners([_WARM_UP_IDENTIFIER])
 

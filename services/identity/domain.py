@@ -7,6 +7,15 @@ Conflict policy (several customers match one Resolve): the customer owning the s
 (strength: account id > loyalty card > e-mail > phone > payment-token hash > device id > cookie id; between two
 identifiers of the same type, the one listed first in the request). Identifiers owned by another customer stay
 where they are and are reported as conflicts; identifiers nobody owns are linked to the winner. Nothing is merged.
+So a loyalty card presented with two different e-mails stays with the customer who registered it first and the
+second e-mail's customer is told about the conflict; a family's shared phone stays with its first owner and never
+pulls another family member's identifiers over (their stronger e-mail or card wins their Resolve). Joining two
+customers is a deliberate act, never a side effect of a Resolve.
+
+Probabilistic matching (only when no identifier matched and person traits were given): the traits are compared
+with the stored trait records sharing a blocking key (`services.identity.matching`); the best customer at or
+above the upper threshold is linked automatically; candidates between the thresholds are returned, never linked;
+below, a new customer (create_if_missing) or NOT_FOUND.
 """
 
 from __future__ import annotations
@@ -25,6 +34,11 @@ from email_validator import EmailNotValidError, validate_email
 from libs.changefeed import ChangeFeed
 from libs.errors import InvalidArgument, NotFound, Unavailable
 from libs.protoconv import utcnow
+from services.identity.matching.blocking import blocking_keys
+from services.identity.matching.matcher import FieldAgreement, ScoredCandidate, TraitMatcher
+from services.identity.matching.model import MatchModel
+from services.identity.matching.traits import PersonTraits, TraitError
+from services.identity.matching.traits import normalise as normalise_traits
 
 
 class IdentifierKind(StrEnum):
@@ -48,6 +62,8 @@ class MatchMethod(StrEnum):
 
     IDENTIFIER = "identifier"
     CREATED = "created"
+    PROBABILISTIC = "probabilistic"
+    CANDIDATES = "candidates"
 
 
 class ConsentPurpose(StrEnum):
@@ -56,6 +72,7 @@ class ConsentPurpose(StrEnum):
     MARKETING = "marketing"
     PERSONALIZATION = "personalization"
     ANALYTICS = "analytics"
+    PROFILING = "profiling"
 
 
 class ConsentChannel(StrEnum):
@@ -92,6 +109,11 @@ class Resolution:
     matched_by: Identifier | None
     linked: tuple[Identifier, ...]
     conflicts: tuple[Identifier, ...]
+    #: PROBABILISTIC: the match probability and the fields that agreed.
+    probability: float = 0.0
+    agreeing: tuple[FieldAgreement, ...] = ()
+    #: Customers in the review band (between the thresholds), best first; never linked by Resolve.
+    candidates: tuple[ScoredCandidate, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +123,8 @@ class Customer:
     customer_id: str
     identifiers: tuple[Identifier, ...]
     created_at: datetime
+    #: The survivor, when this customer was merged into another.
+    merged_into: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +136,7 @@ class ConsentInput:
     granted: bool
     source: str
     recorded_at: datetime | None
+    text_version: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +148,38 @@ class Consent:
     granted: bool
     source: str
     recorded_at: datetime
+    #: The consent text and version the customer saw.
+    text_version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MergeOutcome:
+    """A merge done: its id and what moved."""
+
+    merge_id: str
+    identifiers_moved: int
+    trait_records_moved: int
+
+
+@dataclass(frozen=True, slots=True)
+class UnmergeOutcome:
+    """A merge undone: who got their identifiers back, and how many."""
+
+    restored_customer_id: str
+    survivor_customer_id: str
+    identifiers_restored: int
+    trait_records_restored: int
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetOutcome:
+    """What an erasure deleted; `erased_now` is False when it had been done before."""
+
+    erased_now: bool
+    identifiers: int
+    trait_records: int
+    consents: int
+    erased_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +209,25 @@ class IdentityRepository(Protocol):
         """The customer with its identifiers, or None."""
         ...
 
+    async def create_customer_with_traits(
+        self,
+        customer_id: str,
+        identifiers: Sequence[Identifier],
+        traits: PersonTraits,
+        keys: dict[str, str],
+        at: datetime,
+    ) -> bool:
+        """`create_customer`, plus the customer's first trait record, in the same transaction."""
+        ...
+
+    async def add_traits(self, customer_id: str, traits: PersonTraits, keys: dict[str, str], at: datetime) -> bool:
+        """Stores a trait record for the customer unless an identical one exists; True when stored."""
+        ...
+
+    async def trait_candidates(self, keys: dict[str, str], limit: int) -> list[tuple[str, PersonTraits]]:
+        """Stored (customer id, trait record) pairs sharing at least one non-empty blocking key (at most `limit`)."""
+        ...
+
     async def record_consents(
         self, customer_id: str, consents: Sequence[Consent], received_at: datetime
     ) -> list[Consent] | None:
@@ -162,10 +238,32 @@ class IdentityRepository(Protocol):
         """The latest decision per (purpose, channel), or None for an unknown customer."""
         ...
 
+    async def consent_history(self, customer_id: str) -> list[Consent]:
+        """Every recorded decision, oldest first."""
+        ...
+
+    async def merge(
+        self, merge_id: str, survivor: str, merged: str, reason: str, actor: str, at: datetime
+    ) -> MergeOutcome:
+        """Moves the merged customer's identifiers and trait records to the survivor and records the audit row,
+        in one transaction (NotFound / FailedPrecondition when either customer cannot take part)."""
+        ...
+
+    async def unmerge(self, merge_id: str, reason: str, actor: str, at: datetime) -> UnmergeOutcome:
+        """Moves exactly what the merge moved back, and records who undid it, when and why."""
+        ...
+
+    async def forget(self, customer_id: str, reason: str, actor: str, at: datetime) -> ForgetOutcome:
+        """Deletes the customer's identifiers, trait records and consents; audit without PII; idempotent."""
+        ...
+
 
 MAX_IDENTIFIERS = 32
 MAX_CONSENTS = 64
 MAX_SOURCE_LENGTH = 128
+MAX_TEXT_VERSION_LENGTH = 128
+MAX_REASON_LENGTH = 512
+MAX_ACTOR_LENGTH = 128
 MAX_ID_LENGTH = 128
 #: A consent time may lead our clock by this much (touchpoint clocks drift); beyond, it would pin the state.
 CONSENT_CLOCK_SKEW = timedelta(minutes=5)
@@ -238,11 +336,40 @@ def new_customer_id() -> str:
     return "c_" + uuid.uuid4().hex[:20]
 
 
+def new_merge_id() -> str:
+    return "m_" + uuid.uuid4().hex[:20]
+
+
+def _audit_text(value: str, field: str, limit: int) -> str:
+    value = value.strip()
+    if not value:
+        raise InvalidArgument(field, "is required (it is kept in the audit)")
+    if len(value) > limit:
+        raise InvalidArgument(field, f"at most {limit} characters")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class MatchPolicy:
+    """Thresholds of probabilistic matching (settings)."""
+
+    #: At or above: link automatically.
+    upper: float = 0.95
+    #: At or above (and below `upper`): return as a candidate for review, link nothing.
+    lower: float = 0.60
+    #: Most stored trait records compared per Resolve.
+    max_candidates: int = 200
+
+
 def _required_id(customer_id: str) -> str:
-    customer_id = customer_id.strip()
-    if not customer_id:
-        raise InvalidArgument("customer_id", "is required")
-    return customer_id
+    return _required_field(customer_id, "customer_id")
+
+
+def _required_field(value: str, field: str) -> str:
+    value = value.strip()
+    if not value:
+        raise InvalidArgument(field, "is required")
+    return value
 
 
 class IdentityService:
@@ -256,6 +383,8 @@ class IdentityService:
         clock: Callable[[], datetime] = utcnow,
         new_id: Callable[[], str] = new_customer_id,
         changes: ChangeFeed | None = None,
+        model: MatchModel | None = None,
+        policy: MatchPolicy | None = None,
     ) -> None:
         self.repository = repository
         self.normaliser = normaliser
@@ -263,20 +392,90 @@ class IdentityService:
         self.new_id = new_id
         #: Every committed change to a customer's identifiers or consent is published here (`WatchChanges`).
         self.changes = changes or ChangeFeed()
+        self.matcher = TraitMatcher(model or MatchModel())
+        self.policy = policy or MatchPolicy()
 
-    async def resolve(self, raws: Sequence[RawIdentifier], create_if_missing: bool) -> Resolution:
-        identifiers = self.normaliser.normalise_all(raws)
+    def use_model(self, model: MatchModel) -> None:
+        """Swap in newly estimated m/u parameters (start-up, or after `nextbest identity estimate`)."""
+        self.matcher = TraitMatcher(model)
+
+    async def resolve(
+        self,
+        raws: Sequence[RawIdentifier],
+        create_if_missing: bool,
+        traits: dict[str, str] | None = None,
+    ) -> Resolution:
+        has_traits = bool(traits and any(value.strip() for value in traits.values()))
+        identifiers = self.normaliser.normalise_all(raws) if raws or not has_traits else []
+        person = self._person(traits, identifiers) if has_traits else None
         for _ in range(RESOLVE_ATTEMPTS):
-            owners = await self.repository.owners(identifiers)
+            owners = await self.repository.owners(identifiers) if identifiers else {}
             if owners:
-                return await self._link_to_strongest(identifiers, owners)
+                resolution = await self._link_to_strongest(identifiers, owners)
+                if person is not None and await self._remember(resolution.customer_id, person):
+                    self.changes.publish([resolution.customer_id])
+                return resolution
+            review: tuple[ScoredCandidate, ...] = ()
+            if person is not None:
+                scored = self.matcher.score(
+                    person,
+                    await self.repository.trait_candidates(blocking_keys(person), self.policy.max_candidates),
+                )
+                if scored and scored[0].probability >= self.policy.upper:
+                    return await self._link_probabilistic(scored[0], identifiers, person)
+                review = tuple(c for c in scored if c.probability >= self.policy.lower)
             if not create_if_missing:
-                raise NotFound("no customer matches the identifiers")
+                if review:
+                    return Resolution("", MatchMethod.CANDIDATES, None, (), (), candidates=review)
+                raise NotFound("no customer matches the identifiers" if identifiers else "no customer matches")
             customer_id = self.new_id()
-            if await self.repository.create_customer(customer_id, identifiers, self.clock()):
-                return Resolution(customer_id, MatchMethod.CREATED, None, tuple(identifiers), ())
+            if person is not None:
+                created = await self.repository.create_customer_with_traits(
+                    customer_id, identifiers, person, blocking_keys(person), self.clock()
+                )
+            else:
+                created = await self.repository.create_customer(customer_id, identifiers, self.clock())
+            if created:
+                return Resolution(customer_id, MatchMethod.CREATED, None, tuple(identifiers), (), candidates=review)
             # A concurrent Resolve claimed one of these identifiers first: go again and join its customer.
         raise Unavailable("identifiers changed owner during resolution; retry")
+
+    def _person(self, traits: dict[str, str], identifiers: Sequence[Identifier]) -> PersonTraits:
+        raw = dict(traits)
+        phone = next((i.value for i in identifiers if i.kind is IdentifierKind.PHONE), "")
+        raw["phone"] = phone  # a validated identifier; callers cannot send a phone trait of their own
+        try:
+            return normalise_traits(raw)
+        except TraitError as exc:
+            raise InvalidArgument(f"traits.{exc.field}", exc.reason) from None
+
+    async def _remember(self, customer_id: str, person: PersonTraits) -> bool:
+        """Keeps the trait record with the customer (new spellings and addresses improve later matches)."""
+        if person.present() < 2:
+            return False
+        return await self.repository.add_traits(customer_id, person, blocking_keys(person), self.clock())
+
+    async def _link_probabilistic(
+        self, best: ScoredCandidate, identifiers: list[Identifier], person: PersonTraits
+    ) -> Resolution:
+        linked: tuple[Identifier, ...] = ()
+        conflicts: list[Identifier] = []
+        if identifiers:
+            outcome = await self.repository.link(best.customer_id, identifiers, self.clock())
+            linked = outcome.linked
+            conflicts = [i for i in identifiers if outcome.taken.get(i, best.customer_id) != best.customer_id]
+        stored = await self._remember(best.customer_id, person)
+        if linked or stored:
+            self.changes.publish([best.customer_id])
+        return Resolution(
+            best.customer_id,
+            MatchMethod.PROBABILISTIC,
+            None,
+            linked,
+            tuple(conflicts),
+            probability=best.probability,
+            agreeing=best.agreeing,
+        )
 
     async def _link_to_strongest(self, identifiers: list[Identifier], owners: dict[Identifier, str]) -> Resolution:
         matched = [identifier for identifier in identifiers if identifier in owners]
@@ -300,7 +499,7 @@ class IdentityService:
         if customer is None:
             raise NotFound(f"customer {customer_id} not found")
         ordered = sorted(customer.identifiers, key=lambda i: (STRENGTH[i.kind], i.value))
-        return Customer(customer.customer_id, tuple(ordered), customer.created_at)
+        return Customer(customer.customer_id, tuple(ordered), customer.created_at, customer.merged_into)
 
     async def set_consent(self, customer_id: str, inputs: Sequence[ConsentInput]) -> list[Consent]:
         customer_id = _required_id(customer_id)
@@ -318,6 +517,47 @@ class IdentityService:
         if current is None:
             raise NotFound(f"customer {customer_id} not found")
         return _ordered(current)
+
+    async def consent_history(self, customer_id: str) -> list[Consent]:
+        """Every decision recorded for the customer, oldest first (after `get_consent` proved it exists)."""
+        return await self.repository.consent_history(_required_id(customer_id))
+
+    @staticmethod
+    def allowed(current: Sequence[Consent], purpose: ConsentPurpose | None, channel: ConsentChannel | None) -> bool:
+        """May we use the data for `purpose` on `channel` now: the latest decision for the pair is a grant
+        (no decision means no). Both must be known values."""
+        if purpose is None:
+            raise InvalidArgument("purpose", "must be a known purpose when asking about a channel")
+        if channel is None:
+            raise InvalidArgument("channel", "must be a known channel when asking about a purpose")
+        return any(c.granted for c in current if c.purpose is purpose and c.channel is channel)
+
+    async def merge(self, survivor: str, merged: str, reason: str, actor: str) -> MergeOutcome:
+        survivor = _required_field(survivor, "survivor_customer_id")
+        merged = _required_field(merged, "merged_customer_id")
+        if survivor == merged:
+            raise InvalidArgument("merged_customer_id", "must differ from survivor_customer_id")
+        reason = _audit_text(reason, "reason", MAX_REASON_LENGTH)
+        actor = _audit_text(actor, "actor", MAX_ACTOR_LENGTH)
+        outcome = await self.repository.merge(new_merge_id(), survivor, merged, reason, actor, self.clock())
+        self.changes.publish([survivor, merged])
+        return outcome
+
+    async def unmerge(self, merge_id: str, reason: str, actor: str) -> UnmergeOutcome:
+        merge_id = _required_field(merge_id, "merge_id")
+        reason = _audit_text(reason, "reason", MAX_REASON_LENGTH)
+        actor = _audit_text(actor, "actor", MAX_ACTOR_LENGTH)
+        outcome = await self.repository.unmerge(merge_id, reason, actor, self.clock())
+        self.changes.publish([outcome.survivor_customer_id, outcome.restored_customer_id])
+        return outcome
+
+    async def forget(self, customer_id: str, reason: str, actor: str) -> ForgetOutcome:
+        customer_id = _required_id(customer_id)
+        reason = _audit_text(reason, "reason", MAX_REASON_LENGTH)
+        actor = _audit_text(actor, "actor", MAX_ACTOR_LENGTH)
+        outcome = await self.repository.forget(customer_id, reason, actor, self.clock())
+        self.changes.publish([customer_id])
+        return outcome
 
     @staticmethod
     def _validate_consents(inputs: Sequence[ConsentInput], now: datetime) -> list[Consent]:
@@ -340,7 +580,10 @@ class IdentityService:
             recorded_at = given.recorded_at or now
             if recorded_at > now + CONSENT_CLOCK_SKEW:
                 raise InvalidArgument(f"{field}.recorded_at", "is in the future")
-            consents.append(Consent(given.purpose, given.channel, given.granted, source, recorded_at))
+            text_version = given.text_version.strip()
+            if len(text_version) > MAX_TEXT_VERSION_LENGTH:
+                raise InvalidArgument(f"{field}.text_version", f"at most {MAX_TEXT_VERSION_LENGTH} characters")
+            consents.append(Consent(given.purpose, given.channel, given.granted, source, recorded_at, text_version))
         return consents
 
 

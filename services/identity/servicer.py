@@ -21,6 +21,7 @@ from services.identity.domain import (
     MatchMethod,
     RawIdentifier,
 )
+from services.identity.matching.matcher import FieldAgreement
 
 FULL_NAME = pb.DESCRIPTOR.services_by_name["IdentityService"].full_name
 
@@ -46,7 +47,12 @@ def _consent(consent: Consent) -> pb.Consent:
         granted=consent.granted,
         source=consent.source,
         recorded_at=to_timestamp(consent.recorded_at),
+        text_version=consent.text_version,
     )
+
+
+def _agreement(agreement: FieldAgreement) -> pb.FieldAgreement:
+    return pb.FieldAgreement(field=agreement.field, level=agreement.level, weight=agreement.weight)
 
 
 class IdentityServicer(pb_grpc.IdentityServiceServicer):
@@ -56,9 +62,13 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
         self.service = service
 
     async def Resolve(self, request: pb.ResolveRequest, context: grpc.aio.ServicerContext) -> pb.ResolveResponse:
+        traits = (
+            {field.name: value for field, value in request.traits.ListFields()} if request.HasField("traits") else None
+        )
         resolution = await self.service.resolve(
             [RawIdentifier(_KINDS.get(given.type), given.value) for given in request.identifiers],
             request.create_if_missing,
+            traits,
         )
         return pb.ResolveResponse(
             customer_id=resolution.customer_id,
@@ -66,6 +76,16 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
             matched_by=_identifier(resolution.matched_by) if resolution.matched_by else None,
             linked=[_identifier(identifier) for identifier in resolution.linked],
             conflicts=[_identifier(identifier) for identifier in resolution.conflicts],
+            match_probability=resolution.probability,
+            agreeing_fields=[_agreement(agreement) for agreement in resolution.agreeing],
+            candidates=[
+                pb.MatchCandidate(
+                    customer_id=candidate.customer_id,
+                    match_probability=candidate.probability,
+                    agreeing_fields=[_agreement(agreement) for agreement in candidate.agreeing],
+                )
+                for candidate in resolution.candidates
+            ],
         )
 
     async def GetCustomer(
@@ -76,6 +96,7 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
             customer_id=customer.customer_id,
             identifiers=[_identifier(identifier) for identifier in customer.identifiers],
             created_at=to_timestamp(customer.created_at),
+            merged_into=customer.merged_into or "",
         )
 
     async def SetConsent(
@@ -90,6 +111,7 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
                     granted=given.granted,
                     source=given.source,
                     recorded_at=from_timestamp(given.recorded_at) if given.HasField("recorded_at") else None,
+                    text_version=given.text_version,
                 )
                 for given in request.consents
             ],
@@ -100,7 +122,43 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
         self, request: pb.GetConsentRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetConsentResponse:
         current = await self.service.get_consent(request.customer_id)
-        return pb.GetConsentResponse(consents=[_consent(consent) for consent in current])
+        response = pb.GetConsentResponse(consents=[_consent(consent) for consent in current])
+        if request.purpose or request.channel:
+            response.allowed = self.service.allowed(
+                current, _PURPOSES.get(request.purpose), _CHANNELS.get(request.channel)
+            )
+        if request.include_history:
+            history = await self.service.consent_history(request.customer_id)
+            response.history.extend(_consent(consent) for consent in history)
+        return response
+
+    async def Merge(self, request: pb.MergeRequest, context: grpc.aio.ServicerContext) -> pb.MergeResponse:
+        outcome = await self.service.merge(
+            request.survivor_customer_id, request.merged_customer_id, request.reason, request.actor
+        )
+        return pb.MergeResponse(
+            merge_id=outcome.merge_id,
+            identifiers_moved=outcome.identifiers_moved,
+            trait_records_moved=outcome.trait_records_moved,
+        )
+
+    async def Unmerge(self, request: pb.UnmergeRequest, context: grpc.aio.ServicerContext) -> pb.UnmergeResponse:
+        outcome = await self.service.unmerge(request.merge_id, request.reason, request.actor)
+        return pb.UnmergeResponse(
+            restored_customer_id=outcome.restored_customer_id,
+            identifiers_restored=outcome.identifiers_restored,
+            trait_records_restored=outcome.trait_records_restored,
+        )
+
+    async def Forget(self, request: pb.ForgetRequest, context: grpc.aio.ServicerContext) -> pb.ForgetResponse:
+        outcome = await self.service.forget(request.customer_id, request.reason, request.actor)
+        return pb.ForgetResponse(
+            erased_now=outcome.erased_now,
+            identifiers_erased=outcome.identifiers,
+            trait_records_erased=outcome.trait_records,
+            consents_erased=outcome.consents,
+            erased_at=to_timestamp(outcome.erased_at),
+        )
 
     async def WatchChanges(
         self, request: pb.WatchChangesRequest, context: grpc.aio.ServicerContext

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import phonenumbers
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from libs.settings import ServiceSettings
@@ -20,6 +20,29 @@ class IdentitySettings(ServiceSettings):
         "US",
         description="ISO 3166 region used to read phone numbers written without a +country prefix.",
     )
+
+    match_upper_threshold: float = Field(
+        0.95,
+        gt=0,
+        lt=1,
+        description="Person-trait match probability at or above which Resolve links to the customer automatically.",
+    )
+    match_lower_threshold: float = Field(
+        0.60,
+        gt=0,
+        lt=1,
+        description="Person-trait match probability at or above which (and below the upper threshold) Resolve "
+        "returns the customer as a candidate for review, without linking.",
+    )
+    match_max_candidates: int = Field(
+        200, ge=1, le=10_000, description="Most stored trait records one Resolve by person traits compares."
+    )
+
+    @model_validator(mode="after")
+    def _ordered_thresholds(self) -> IdentitySettings:
+        if self.match_lower_threshold > self.match_upper_threshold:
+            raise ValueError("match_lower_threshold must not exceed match_upper_threshold")
+        return self
 
     @field_validator("default_region")
     @classmethod

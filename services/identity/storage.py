@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     Column,
@@ -19,28 +21,37 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Row,
     Select,
     String,
     Table,
     and_,
+    delete,
     func,
     insert,
     or_,
     select,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from libs.db import as_utc, translate_errors
+from libs.errors import FailedPrecondition, NotFound
 from services.identity.domain import (
     Consent,
     ConsentChannel,
     ConsentPurpose,
     Customer,
+    ForgetOutcome,
     Identifier,
     IdentifierKind,
     LinkOutcome,
+    MergeOutcome,
+    UnmergeOutcome,
 )
+from services.identity.matching.blocking import RULES
+from services.identity.matching.traits import TRAIT_FIELDS, PersonTraits
 
 metadata = MetaData()
 
@@ -49,6 +60,10 @@ customers = Table(
     metadata,
     Column("id", String(32), primary_key=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # Set by Merge (cleared by Unmerge): the survivor now holding this customer's identifiers.
+    Column("merged_into", String(32), nullable=True),
+    # Set by Forget: the row stays (ids in other services' logs still name it) but nothing resolves to it.
+    Column("forgotten_at", DateTime(timezone=True), nullable=True),
 )
 
 identifiers = Table(
@@ -74,8 +89,95 @@ consents = Table(
     Column("source", String(128), nullable=False),
     Column("recorded_at", DateTime(timezone=True), nullable=False),  # when the customer decided
     Column("received_at", DateTime(timezone=True), nullable=False),  # when we stored it (audit)
+    Column("text_version", String(128), nullable=False, server_default=""),
     Index("ix_identity_consents_current", "customer_id", "purpose", "channel", "recorded_at"),
 )
+
+#: The merge audit: who merged which customers, when and why, exactly what moved (for Unmerge), and the undo.
+merges = Table(
+    "identity_merges",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("survivor_id", String(32), nullable=False),
+    Column("merged_id", String(32), nullable=False),
+    Column("reason", String(512), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("merged_at", DateTime(timezone=True), nullable=False),
+    # {"identifiers": [[type, value], ...], "trait_records": [id, ...]}; emptied by Forget (it is PII).
+    Column("moved", JSON, nullable=False),
+    Column("unmerged_at", DateTime(timezone=True), nullable=True),
+    Column("unmerge_actor", String(128), nullable=True),
+    Column("unmerge_reason", String(512), nullable=True),
+    Index("ix_identity_merges_survivor_id", "survivor_id"),
+    Index("ix_identity_merges_merged_id", "merged_id"),
+)
+
+#: The erasure audit: no PII, only the (pseudonymous) customer id, counts, who, when and why.
+erasures = Table(
+    "identity_erasures",
+    metadata,
+    Column("customer_id", String(32), primary_key=True),
+    Column("erased_at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("reason", String(512), nullable=False),
+    Column("identifiers", Integer, nullable=False),
+    Column("trait_records", Integer, nullable=False),
+    Column("consents", Integer, nullable=False),
+)
+
+
+#: Person-trait records (normalised), several per customer; one indexed column per blocking rule so that a Resolve
+#: by traits reads only the records sharing a key with it.
+trait_records = Table(
+    "identity_trait_records",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("customer_id", String(32), ForeignKey("identity_customers.id"), nullable=False),
+    Column("given_name", String(128), nullable=False),
+    Column("surname", String(128), nullable=False),
+    Column("date_of_birth", String(8), nullable=False),
+    Column("street_number", String(32), nullable=False),
+    Column("address_line", String(128), nullable=False),
+    Column("city", String(128), nullable=False),
+    Column("postcode", String(32), nullable=False),
+    Column("state", String(64), nullable=False),
+    Column("phone", String(16), nullable=False),
+    Column("bk_postcode_initials", String(64), nullable=True),
+    Column("bk_dob", String(8), nullable=True),
+    Column("bk_names", String(16), nullable=True),
+    Column("bk_phone", String(16), nullable=True),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Index("ix_identity_trait_records_customer_id", "customer_id"),
+    Index("ix_identity_trait_records_bk_postcode_initials", "bk_postcode_initials"),
+    Index("ix_identity_trait_records_bk_dob", "bk_dob"),
+    Index("ix_identity_trait_records_bk_names", "bk_names"),
+    Index("ix_identity_trait_records_bk_phone", "bk_phone"),
+)
+
+#: Estimated Fellegi–Sunter parameters, newest last (`nextbest identity estimate`).
+match_models = Table(
+    "identity_match_models",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("fitted_at", DateTime(timezone=True), nullable=False),
+    Column("fitted_on", Integer, nullable=False),
+    Column("params", JSON, nullable=False),
+)
+
+_TRAIT_COLUMNS = TRAIT_FIELDS
+_KEY_COLUMNS = {rule: f"bk_{rule}" for rule in RULES}
+
+
+def _trait_row(customer_id: str, traits: PersonTraits, keys: dict[str, str], at: datetime) -> dict:
+    row = {name: getattr(traits, name) for name in _TRAIT_COLUMNS}
+    # An empty key is NULL: never indexed as a shared value, never matched.
+    row.update({column: keys.get(rule) or None for rule, column in _KEY_COLUMNS.items()})
+    row.update(customer_id=customer_id, recorded_at=_to_db(at))
+    return row
+
+
+def _chunks(items: Sequence, size: int) -> list[Sequence]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 def _to_db(moment: datetime) -> datetime:
@@ -83,6 +185,17 @@ def _to_db(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
+
+
+def _consent(row: Row[Any]) -> Consent:
+    return Consent(
+        ConsentPurpose(row.purpose),
+        ConsentChannel(row.channel),
+        row.granted,
+        row.source,
+        as_utc(row.recorded_at),
+        row.text_version or "",
+    )
 
 
 def _current_consents_query(customer_id: str) -> Select:
@@ -99,6 +212,7 @@ def _current_consents_query(customer_id: str) -> Select:
             consents.c.granted,
             consents.c.source,
             consents.c.recorded_at,
+            consents.c.text_version,
             position.label("position"),
         )
         .where(consents.c.customer_id == customer_id)
@@ -107,7 +221,7 @@ def _current_consents_query(customer_id: str) -> Select:
     return (
         select(customers.c.id, *(column for column in latest.c if column.name != "position"))
         .select_from(customers.outerjoin(latest, latest.c.position == 1))
-        .where(customers.c.id == customer_id)
+        .where(customers.c.id == customer_id, customers.c.forgotten_at.is_(None))
     )
 
 
@@ -137,6 +251,70 @@ class SqlIdentityRepository:
             await connection.commit()
             return True
 
+    async def create_customer_with_traits(
+        self,
+        customer_id: str,
+        linked: Sequence[Identifier],
+        traits: PersonTraits,
+        keys: dict[str, str],
+        at: datetime,
+    ) -> bool:
+        async with translate_errors("customer creation"), self.engine.connect() as connection:
+            await connection.execute(insert(customers).values(id=customer_id, created_at=_to_db(at)))
+            if linked:
+                inserted = await self._insert_unowned(connection, customer_id, linked, at)
+                if len(inserted) < len(linked):
+                    return False  # rolled back with the customer
+            await connection.execute(insert(trait_records).values(_trait_row(customer_id, traits, keys, at)))
+            await connection.commit()
+            return True
+
+    async def add_traits(self, customer_id: str, traits: PersonTraits, keys: dict[str, str], at: datetime) -> bool:
+        same = [trait_records.c[name] == getattr(traits, name) for name in _TRAIT_COLUMNS]
+        async with translate_errors("trait recording"), self.engine.connect() as connection:
+            exists = await connection.scalar(
+                select(trait_records.c.id).where(trait_records.c.customer_id == customer_id, *same).limit(1)
+            )
+            if exists is not None:
+                return False
+            await connection.execute(insert(trait_records).values(_trait_row(customer_id, traits, keys, at)))
+            await connection.commit()
+            return True
+
+    async def trait_candidates(self, keys: dict[str, str], limit: int) -> list[tuple[str, PersonTraits]]:
+        conditions = [trait_records.c[_KEY_COLUMNS[rule]] == key for rule, key in keys.items() if key]
+        if not conditions:
+            return []
+        # One OR of indexed equalities: each is an index lookup (bitmap OR on PostgreSQL, MULTI-INDEX OR on SQLite).
+        query = (
+            select(trait_records.c.customer_id, *(trait_records.c[name] for name in _TRAIT_COLUMNS))
+            .where(or_(*conditions))
+            .limit(limit)
+        )
+        async with translate_errors("trait lookup"), self._reader.connect() as connection:
+            rows = (await connection.execute(query)).all()
+        return [(row.customer_id, PersonTraits(*row[1:])) for row in rows]
+
+    async def all_trait_records(self) -> list[tuple[str, PersonTraits]]:
+        """Every stored trait record (model estimation)."""
+        query = select(trait_records.c.customer_id, *(trait_records.c[name] for name in _TRAIT_COLUMNS)).order_by(
+            trait_records.c.id
+        )
+        async with translate_errors("trait export"), self._reader.connect() as connection:
+            rows = (await connection.execute(query)).all()
+        return [(row.customer_id, PersonTraits(*row[1:])) for row in rows]
+
+    async def latest_model(self) -> dict | None:
+        query = select(match_models.c.params).order_by(match_models.c.id.desc()).limit(1)
+        async with translate_errors("match model lookup"), self._reader.connect() as connection:
+            return await connection.scalar(query)
+
+    async def save_model(self, params: dict, fitted_on: int, at: datetime) -> None:
+        async with translate_errors("match model saving"), self.engine.begin() as connection:
+            await connection.execute(
+                insert(match_models).values(fitted_at=_to_db(at), fitted_on=fitted_on, params=params)
+            )
+
     async def link(self, customer_id: str, wanted: Sequence[Identifier], at: datetime) -> LinkOutcome:
         async with translate_errors("identifier linking"), self.engine.connect() as connection:
             inserted = await self._insert_unowned(connection, customer_id, wanted, at)
@@ -148,23 +326,32 @@ class SqlIdentityRepository:
 
     async def customer(self, customer_id: str) -> Customer | None:
         query = (
-            select(customers.c.created_at, identifiers.c.type, identifiers.c.value)
+            select(customers.c.created_at, customers.c.merged_into, identifiers.c.type, identifiers.c.value)
             .select_from(customers.outerjoin(identifiers, identifiers.c.customer_id == customers.c.id))
-            .where(customers.c.id == customer_id)
+            .where(customers.c.id == customer_id, customers.c.forgotten_at.is_(None))
         )
         async with translate_errors("customer lookup"), self._reader.connect() as connection:
             rows = (await connection.execute(query)).all()
         if not rows:
             return None
         linked = tuple(Identifier(IdentifierKind(row.type), row.value) for row in rows if row.type is not None)
-        return Customer(customer_id, linked, as_utc(rows[0].created_at))
+        return Customer(customer_id, linked, as_utc(rows[0].created_at), rows[0].merged_into)
 
     async def record_consents(
         self, customer_id: str, decisions: Sequence[Consent], received_at: datetime
     ) -> list[Consent] | None:
         async with translate_errors("consent recording"), self.engine.connect() as connection:
-            if await connection.scalar(select(customers.c.id).where(customers.c.id == customer_id)) is None:
+            state = (
+                await connection.execute(
+                    select(customers.c.merged_into).where(
+                        customers.c.id == customer_id, customers.c.forgotten_at.is_(None)
+                    )
+                )
+            ).first()
+            if state is None:
                 return None
+            if state.merged_into is not None:
+                raise FailedPrecondition(f"customer {customer_id} was merged into {state.merged_into}; use that id")
             await connection.execute(
                 insert(consents),
                 [
@@ -176,6 +363,7 @@ class SqlIdentityRepository:
                         "source": decision.source,
                         "recorded_at": _to_db(decision.recorded_at),
                         "received_at": _to_db(received_at),
+                        "text_version": decision.text_version,
                     }
                     for decision in decisions
                 ],
@@ -187,6 +375,163 @@ class SqlIdentityRepository:
     async def current_consents(self, customer_id: str) -> list[Consent] | None:
         async with translate_errors("consent lookup"), self._reader.connect() as connection:
             return await self._current_consents(connection, customer_id)
+
+    async def consent_history(self, customer_id: str) -> list[Consent]:
+        query = (
+            select(consents)
+            .where(consents.c.customer_id == customer_id)
+            .order_by(consents.c.recorded_at, consents.c.id)
+        )
+        async with translate_errors("consent history"), self._reader.connect() as connection:
+            rows = (await connection.execute(query)).all()
+        return [
+            _consent(row)
+            for row in rows
+        ]
+
+    async def merge(
+        self, merge_id: str, survivor: str, merged: str, reason: str, actor: str, at: datetime
+    ) -> MergeOutcome:
+        async with translate_errors("merge"), self.engine.connect() as connection:
+            for customer_id in sorted((survivor, merged)):  # lock order: two crossing merges cannot deadlock
+                await self._live_customer(connection, customer_id, lock=True)
+            moved_identifiers = (
+                await connection.execute(
+                    select(identifiers.c.type, identifiers.c.value)
+                    .where(identifiers.c.customer_id == merged)
+                    .order_by(identifiers.c.type, identifiers.c.value)
+                )
+            ).all()
+            moved_traits = (
+                await connection.scalars(
+                    select(trait_records.c.id).where(trait_records.c.customer_id == merged).order_by(trait_records.c.id)
+                )
+            ).all()
+            await connection.execute(
+                update(identifiers).where(identifiers.c.customer_id == merged).values(customer_id=survivor)
+            )
+            await connection.execute(
+                update(trait_records).where(trait_records.c.customer_id == merged).values(customer_id=survivor)
+            )
+            await connection.execute(update(customers).where(customers.c.id == merged).values(merged_into=survivor))
+            await connection.execute(
+                insert(merges).values(
+                    id=merge_id,
+                    survivor_id=survivor,
+                    merged_id=merged,
+                    reason=reason,
+                    actor=actor,
+                    merged_at=_to_db(at),
+                    moved={
+                        "identifiers": [[row.type, row.value] for row in moved_identifiers],
+                        "trait_records": list(moved_traits),
+                    },
+                )
+            )
+            await connection.commit()
+        return MergeOutcome(merge_id, len(moved_identifiers), len(moved_traits))
+
+    async def unmerge(self, merge_id: str, reason: str, actor: str, at: datetime) -> UnmergeOutcome:
+        async with translate_errors("unmerge"), self.engine.connect() as connection:
+            merge = (await connection.execute(select(merges).where(merges.c.id == merge_id))).first()
+            if merge is None:
+                raise NotFound(f"merge {merge_id} not found")
+            if merge.unmerged_at is not None:
+                raise FailedPrecondition(f"merge {merge_id} was already undone")
+            for customer_id in sorted((merge.survivor_id, merge.merged_id)):
+                await self._customer_row(connection, customer_id, lock=True)
+            survivor = await self._customer_row(connection, merge.survivor_id, lock=False)
+            if survivor.forgotten_at is not None:
+                raise FailedPrecondition(f"customer {merge.survivor_id} was erased; the merge cannot be undone")
+            if survivor.merged_into is not None:
+                later = await connection.scalar(
+                    select(merges.c.id).where(merges.c.merged_id == merge.survivor_id, merges.c.unmerged_at.is_(None))
+                )
+                raise FailedPrecondition(
+                    f"customer {merge.survivor_id} was merged again since; undo merge {later} first"
+                )
+            moved = merge.moved
+            wanted = [Identifier(IdentifierKind(kind), value) for kind, value in moved["identifiers"]]
+            owners = await self._owners(connection, wanted) if wanted else {}
+            if any(owners.get(identifier) != merge.survivor_id for identifier in wanted):
+                raise FailedPrecondition(f"identifiers moved by merge {merge_id} have changed owner since")
+            for chunk in _chunks(wanted, 200):
+                keys = (and_(identifiers.c.type == i.kind.value, identifiers.c.value == i.value) for i in chunk)
+                await connection.execute(
+                    update(identifiers).where(or_(*keys)).values(customer_id=merge.merged_id)
+                )
+            restored_traits = 0
+            for chunk in _chunks(moved["trait_records"], 500):
+                result = await connection.execute(
+                    update(trait_records)
+                    .where(trait_records.c.id.in_(chunk), trait_records.c.customer_id == merge.survivor_id)
+                    .values(customer_id=merge.merged_id)
+                )
+                restored_traits += result.rowcount
+            await connection.execute(
+                update(customers).where(customers.c.id == merge.merged_id).values(merged_into=None)
+            )
+            await connection.execute(
+                update(merges)
+                .where(merges.c.id == merge_id)
+                .values(unmerged_at=_to_db(at), unmerge_actor=actor, unmerge_reason=reason)
+            )
+            await connection.commit()
+        return UnmergeOutcome(merge.merged_id, merge.survivor_id, len(wanted), restored_traits)
+
+    async def forget(self, customer_id: str, reason: str, actor: str, at: datetime) -> ForgetOutcome:
+        async with translate_errors("erasure"), self.engine.connect() as connection:
+            done = (await connection.execute(select(erasures).where(erasures.c.customer_id == customer_id))).first()
+            if done is not None:
+                return ForgetOutcome(False, done.identifiers, done.trait_records, done.consents, as_utc(done.erased_at))
+            row = await self._customer_row(connection, customer_id, lock=True)
+            if row.merged_into is not None:
+                raise FailedPrecondition(
+                    f"customer {customer_id} was merged into {row.merged_into}: erase that customer, or unmerge first"
+                )
+            counts = []
+            for table in (identifiers, trait_records, consents):
+                result = await connection.execute(delete(table).where(table.c.customer_id == customer_id))
+                counts.append(result.rowcount)
+            # The merge audit keeps who/when/why, but not the identifiers it moved: they are the erased PII.
+            await connection.execute(
+                update(merges)
+                .where(or_(merges.c.survivor_id == customer_id, merges.c.merged_id == customer_id))
+                .values(moved={"identifiers": [], "trait_records": [], "erased": True})
+            )
+            await connection.execute(
+                update(customers).where(customers.c.id == customer_id).values(forgotten_at=_to_db(at))
+            )
+            await connection.execute(
+                insert(erasures).values(
+                    customer_id=customer_id,
+                    erased_at=_to_db(at),
+                    actor=actor,
+                    reason=reason,
+                    identifiers=counts[0],
+                    trait_records=counts[1],
+                    consents=counts[2],
+                )
+            )
+            await connection.commit()
+        return ForgetOutcome(True, counts[0], counts[1], counts[2], at)
+
+    @staticmethod
+    async def _customer_row(connection: AsyncConnection, customer_id: str, *, lock: bool):
+        query = select(customers).where(customers.c.id == customer_id)
+        if lock:
+            query = query.with_for_update()  # PostgreSQL row lock; SQLite serialises writers anyway
+        row = (await connection.execute(query)).first()
+        if row is None:
+            raise NotFound(f"customer {customer_id} not found")
+        return row
+
+    async def _live_customer(self, connection: AsyncConnection, customer_id: str, *, lock: bool) -> None:
+        row = await self._customer_row(connection, customer_id, lock=lock)
+        if row.forgotten_at is not None:
+            raise NotFound(f"customer {customer_id} not found")
+        if row.merged_into is not None:
+            raise FailedPrecondition(f"customer {customer_id} was already merged into {row.merged_into}")
 
     @staticmethod
     async def _owners(connection: AsyncConnection, wanted: Sequence[Identifier]) -> dict[Identifier, str]:
@@ -225,13 +570,7 @@ class SqlIdentityRepository:
         if not rows:
             return None
         return [
-            Consent(
-                ConsentPurpose(row.purpose),
-                ConsentChannel(row.channel),
-                row.granted,
-                row.source,
-                as_utc(row.recorded_at),
-            )
+            _consent(row)
             for row in rows
             if row.purpose is not None
         ]
