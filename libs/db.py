@@ -80,6 +80,13 @@ def create_engine(url: str, *, pool_size: int = 12, hide_parameters: bool = Fals
     )
 
 
+def reader(engine: AsyncEngine) -> AsyncEngine:
+    """The engine for single-statement reads. On PostgreSQL a plain read needs no transaction: autocommit skips the
+    BEGIN and ROLLBACK round trips SQLAlchemy would add around it (two of three round trips of a primary-key read).
+    SQLite never opens one for a SELECT anyway."""
+    return engine.execution_options(isolation_level="AUTOCOMMIT") if engine.dialect.name == "postgresql" else engine
+
+
 def insert_for(engine: AsyncEngine):
     """The dialect's `insert` construct, which has ON CONFLICT support on both PostgreSQL and SQLite."""
     return postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert

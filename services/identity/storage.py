@@ -36,7 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from libs.db import as_utc, translate_errors
+from libs.db import as_utc, reader, translate_errors
 from libs.errors import FailedPrecondition, NotFound
 from services.identity.domain import (
     Consent,
@@ -232,9 +232,7 @@ class SqlIdentityRepository:
         self.engine = engine
         postgres = engine.dialect.name == "postgresql"
         self._insert = postgresql.insert if postgres else sqlite.insert
-        # On PostgreSQL a plain read needs no transaction: skipping BEGIN/ROLLBACK saves two round trips per
-        # Resolve. SQLite (pysqlite) never opens one for a SELECT anyway.
-        self._reader = engine.execution_options(isolation_level="AUTOCOMMIT") if postgres else engine
+        self._reader = reader(engine)  # no BEGIN/ROLLBACK round trips around single-statement reads
 
     async def owners(self, wanted: Sequence[Identifier]) -> dict[Identifier, str]:
         if not wanted:

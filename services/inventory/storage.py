@@ -40,7 +40,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.expression import ColumnElement, Executable
 
-from libs.db import as_utc, migrate, translate_errors
+from libs.db import as_utc, migrate, reader, translate_errors
 from services.inventory.domain import (
     Availability,
     AvailabilityQuery,
@@ -265,10 +265,11 @@ class SqlInventoryStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._reader = reader(engine)  # no BEGIN/ROLLBACK round trips around the one-statement look-up
         self._statements = _Statements(engine.dialect.name)
 
     async def lookup(self, query: AvailabilityQuery) -> Lookup:
-        async with translate_errors("availability look-up"), self._engine.connect() as connection:
+        async with translate_errors("availability look-up"), self._reader.connect() as connection:
             return _collect(await connection.execute(*self._statements.lookup(query)))
 
     @asynccontextmanager
