@@ -26,6 +26,7 @@ def build(settings: ProfileSettings) -> ServiceApp:
 
     async def on_start() -> None:
         await migrate(engine, Path(__file__).parent / "migrations", "alembic_version_profile")
+        await service.load_segments()
         identity.open()
         # Open a pooled connection and compile the read path so the first real call does not pay for them.
         await repository.load_profile("", settings.recent_activity)

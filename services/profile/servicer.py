@@ -6,15 +6,18 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime, timedelta
 
 import grpc
+from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 from nextbest.common.v1 import common_pb2
 from nextbest.profile.v1 import profile_service_pb2 as pb
 from nextbest.profile.v1 import profile_service_pb2_grpc as pb_grpc
 
 from libs.clients import Budget
+from libs.errors import InvalidArgument
 from libs.protoconv import from_timestamp, to_duration, to_timestamp
-from services.profile.domain import Event, Identifier, ProfileService, ProfileView
+from services.profile.domain import Event, Identifier, IngestResult, ProfileService, ProfileView
 from services.profile.domain import events as ev
+from services.profile.domain.segments import SegmentDefinition
 from services.profile.resolver import IdentityClient
 
 FULL_NAME = pb.DESCRIPTOR.services_by_name["ProfileService"].full_name
@@ -26,6 +29,9 @@ _RETURN_METHODS = {pb.ReturnMethod.Value(f"RETURN_METHOD_{name.upper()}"): name 
 _CART_ACTIONS = {pb.CartAction.Value(f"CART_ACTION_{name.upper()}"): name for name in ev.CART_ACTIONS}
 _OFFER_RESPONSES = {
     pb.OfferResponseType.Value(f"OFFER_RESPONSE_TYPE_{name.upper()}"): name for name in ev.OFFER_RESPONSES
+}
+_LEDGER_TYPES = {
+    pb.LedgerEntryType.Value(f"LEDGER_ENTRY_TYPE_{name.upper()}"): name for name in ev.LEDGER_ENTRY_TYPES
 }
 _CHANNELS = {
     number: name.removeprefix("CHANNEL_").lower()
@@ -51,7 +57,19 @@ def _time(message: pb.Event) -> datetime | None:
 def _purchase(message: pb.Purchase) -> ev.Purchase:
     return ev.Purchase(
         order_id=message.order_id,
-        lines=tuple(ev.OrderLine(line.sku, line.quantity, line.unit_price, line.list_price) for line in message.lines),
+        lines=tuple(
+            ev.OrderLine(
+                line.sku,
+                line.quantity,
+                line.unit_price,
+                line.list_price,
+                line.category,
+                line.brand,
+                line.size,
+                line.colour,
+            )
+            for line in message.lines
+        ),
         shipping_fee=message.shipping_fee,
         shipped=message.shipped,
         channel=_CHANNELS.get(message.channel, ""),
@@ -80,6 +98,12 @@ _PAYLOADS: dict[str, Callable[..., ev.Payload]] = {
         m.decision_id, m.offer_id, _vocabulary(_OFFER_RESPONSES, m.response)
     ),
     "preference_update": lambda m: ev.PreferenceUpdate(tuple(m.sizes), tuple(m.colours), m.shipping_method),
+    "search": lambda m: ev.Search(m.query, m.results),
+    "cart_abandoned": lambda m: ev.CartAbandoned(m.cart_value, m.items),
+    "checkout": lambda m: ev.Checkout(m.cart_value, m.items, _CHANNELS.get(m.channel, "")),
+    "store_visit": lambda m: ev.StoreVisit(m.store_id, m.duration.seconds + m.duration.nanos / 1e9),
+    "login": lambda m: ev.Login(_CHANNELS.get(m.channel, "")),
+    "ledger_entry": lambda m: ev.LedgerEntry(_vocabulary(_LEDGER_TYPES, m.type), m.amount, m.order_id),
 }
 
 
@@ -137,6 +161,29 @@ def _profile(view: ProfileView) -> pb.Profile:
             ),
             recent_returns=traits.recent_returns,
             net_value=traits.net_value,
+            spend_30d=traits.spend_30d,
+            spend_90d=traits.spend_90d,
+            spend_365d=traits.spend_365d,
+            orders_30d=traits.orders_30d,
+            orders_90d=traits.orders_90d,
+            orders_365d=traits.orders_365d,
+            return_rate_by_count=traits.return_rate_by_count,
+            favourite_categories=traits.favourite_categories,
+            favourite_brands=traits.favourite_brands,
+            favourite_sizes=traits.favourite_sizes,
+            favourite_colours=traits.favourite_colours,
+            preferred_channel=traits.preferred_channel,
+            searches=traits.searches,
+            recent_searches=traits.recent_searches,
+            cart_abandonments=traits.cart_abandonments,
+            checkouts=traits.checkouts,
+            store_visits=traits.store_visits,
+            last_store_id=traits.last_store_id,
+            logins=traits.logins,
+            last_login_at=_timestamp(traits.last_login_at),
+            ledger_refunds=traits.ledger_refunds,
+            write_offs=traits.write_offs,
+            purchase_intent=traits.purchase_intent,
         ),
         recent_activity=[
             pb.Activity(
@@ -149,7 +196,45 @@ def _profile(view: ProfileView) -> pb.Profile:
         ],
         first_seen_at=_timestamp(view.first_seen_at),
         updated_at=to_timestamp(view.updated_at),
+        segments=[
+            pb.SegmentMembership(segment=name, since=to_timestamp(since))
+            for name, since in (view.segments or {}).items()
+        ],
     )
+
+
+def _ingest_response(result: IngestResult, response: type) -> object:
+    return response(
+        accepted=result.accepted,
+        duplicates=result.duplicates,
+        rejected=[
+            pb.EventRejection(index=r.index, event_id=r.event_id, field=r.field, reason=r.reason)
+            for r in result.rejected
+        ],
+    )
+
+
+def _segment(definition: SegmentDefinition) -> pb.Segment:
+    return pb.Segment(
+        name=definition.name,
+        expression=definition.expression,
+        description=definition.description,
+        version=definition.version,
+        updated_at=to_timestamp(definition.updated_at),
+    )
+
+
+def _read_mask(request: pb.GetProfileRequest) -> FieldMask | None:
+    """The request's mask, normalised, or None for "every field"; INVALID_ARGUMENT names a path Profile lacks."""
+    if not request.HasField("read_mask") or not request.read_mask.paths:
+        return None
+    for i, path in enumerate(request.read_mask.paths):
+        probe = FieldMask(paths=[path])
+        if not probe.IsValidForDescriptor(pb.Profile.DESCRIPTOR):
+            raise InvalidArgument(f"read_mask.paths[{i}]", f"{path!r} is not a field of Profile")
+    mask = FieldMask()
+    mask.CanonicalFormFromMask(request.read_mask)  # sorted, overlapping paths merged
+    return mask
 
 
 class ProfileServicer(pb_grpc.ProfileServiceServicer):
@@ -164,28 +249,79 @@ class ProfileServicer(pb_grpc.ProfileServiceServicer):
     ) -> pb.IngestEventsResponse:
         resolver = self.identity.resolver(Budget.from_context(context, DEFAULT_INGEST_SECONDS))
         result = await self.service.ingest([_event(message) for message in request.events], resolver)
-        return pb.IngestEventsResponse(
-            accepted=result.accepted,
-            duplicates=result.duplicates,
-            rejected=[
-                pb.EventRejection(index=r.index, event_id=r.event_id, field=r.field, reason=r.reason)
-                for r in result.rejected
-            ],
-        )
+        return _ingest_response(result, pb.IngestEventsResponse)
+
+    async def StreamEvents(
+        self, request_iterator: AsyncIterator[pb.StreamEventsRequest], context: grpc.aio.ServicerContext
+    ) -> pb.StreamEventsResponse:
+        async def batches() -> AsyncIterator[list[Event]]:
+            # The next message is read only after the previous batch is applied: one batch in flight, and the
+            # producer's sends block on HTTP/2 flow control meanwhile.
+            async for message in request_iterator:
+                yield [_event(event) for event in message.events]
+
+        def resolver() -> object:
+            return self.identity.resolver(Budget.from_context(context, DEFAULT_INGEST_SECONDS))
+
+        result = await self.service.ingest_stream(batches(), resolver)
+        return _ingest_response(result, pb.StreamEventsResponse)
 
     async def GetProfile(
         self, request: pb.GetProfileRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetProfileResponse:
-        view = await self.service.get_profile(
-            request.customer_id, request.include_features, include_activity=not request.omit_recent_activity
+        mask = _read_mask(request)
+        wants_activity = not request.omit_recent_activity and (
+            mask is None or any(path.split(".")[0] == "recent_activity" for path in mask.paths)
         )
-        return pb.GetProfileResponse(profile=_profile(view), features=view.features or {})
+        view = await self.service.get_profile(
+            request.customer_id, request.include_features, include_activity=wants_activity
+        )
+        profile = _profile(view)
+        if mask is not None:
+            masked = pb.Profile()
+            mask.MergeMessage(profile, masked)
+            profile = masked
+        return pb.GetProfileResponse(profile=profile, features=view.features or {})
 
     async def GetFeatures(
         self, request: pb.GetFeaturesRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetFeaturesResponse:
-        features = await self.service.get_features(request.customer_id)
-        return pb.GetFeaturesResponse(customer_id=request.customer_id, features=features)
+        names = list(request.names)
+        features = await self.service.get_features(request.customer_id, names)
+        return pb.GetFeaturesResponse(
+            customer_id=request.customer_id, features=features, values=[features[name] for name in names]
+        )
+
+    async def PutSegment(
+        self, request: pb.PutSegmentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PutSegmentResponse:
+        given = request.segment
+        definition, members = await self.service.put_segment(
+            given.name, given.expression, given.description, request.expected_version
+        )
+        return pb.PutSegmentResponse(segment=_segment(definition), members=members)
+
+    async def ListSegments(
+        self, request: pb.ListSegmentsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListSegmentsResponse:
+        return pb.ListSegmentsResponse(segments=[_segment(d) for d in self.service.list_segments()])
+
+    async def DeleteSegment(
+        self, request: pb.DeleteSegmentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteSegmentResponse:
+        await self.service.delete_segment(request.name)
+        return pb.DeleteSegmentResponse()
+
+    async def ListSegmentMembers(
+        self, request: pb.ListSegmentMembersRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListSegmentMembersResponse:
+        members, token = await self.service.list_segment_members(
+            request.segment, request.page_size, request.page_token
+        )
+        return pb.ListSegmentMembersResponse(
+            members=[pb.SegmentMember(customer_id=m.customer_id, since=to_timestamp(m.since)) for m in members],
+            next_page_token=token,
+        )
 
     async def WatchChanges(
         self, request: pb.WatchChangesRequest, context: grpc.aio.ServicerContext

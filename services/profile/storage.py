@@ -21,20 +21,27 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Column,
     DateTime,
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
+    delete,
     select,
+    update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from libs.db import as_utc, insert_for, translate_errors
+from libs.errors import FailedPrecondition
 from services.profile.domain import Activity, EventRecord, ProfileState, StoredProfile
+from services.profile.domain.segments import SegmentDefinition
+from services.profile.domain.service import Entered, Left, SegmentMember
 
 metadata = MetaData()
 
@@ -63,7 +70,25 @@ profile_states = Table(
     Column("version", Integer, nullable=False),
 )
 
+profile_segments = Table(
+    "profile_segments",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("expression", Text, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
 
+# Membership mirrors each state's `segments` (written in the same transaction), indexed for ListSegmentMembers.
+profile_segment_members = Table(
+    "profile_segment_members",
+    metadata,
+    Column("segment", String(64), nullable=False),
+    Column("customer_id", String(128), nullable=False),
+    Column("since", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("segment", "customer_id", name="pk_profile_segment_members"),
+)
 
 
 class SqlIngestTransaction:
@@ -133,6 +158,27 @@ class SqlIngestTransaction:
         ).returning(profile_states.c.customer_id)  # RETURNING makes SQLAlchemy send one multi-row statement
         await self._connection.execute(statement, rows)
 
+    async def update_memberships(self, entered: Sequence[Entered], left: Sequence[Left]) -> None:
+        if entered:
+            statement = self._insert(profile_segment_members)
+            statement = statement.on_conflict_do_update(
+                index_elements=["segment", "customer_id"], set_={"since": statement.excluded.since}
+            )
+            await self._connection.execute(
+                statement,
+                [{"segment": segment, "customer_id": customer, "since": since} for segment, customer, since in entered],
+            )
+        by_segment: dict[str, list[str]] = {}
+        for segment, customer_id in left:
+            by_segment.setdefault(segment, []).append(customer_id)
+        for segment, customer_ids in sorted(by_segment.items()):
+            await self._connection.execute(
+                delete(profile_segment_members).where(
+                    profile_segment_members.c.segment == segment,
+                    profile_segment_members.c.customer_id.in_(customer_ids),
+                )
+            )
+
 
 class SqlProfileRepository:
     """Profile storage on SQLite or PostgreSQL through SQLAlchemy Core (one connection per call)."""
@@ -179,3 +225,65 @@ class SqlProfileRepository:
                 )
                 activity = [Activity(event_id, kind, as_utc(at), summary) for event_id, kind, at, summary in events]
         return StoredProfile(ProfileState.from_document(row.state), as_utc(row.updated_at), tuple(activity))
+
+    async def load_segments(self) -> list[SegmentDefinition]:
+        async with translate_errors("read segments"), self._engine.connect() as connection:
+            rows = await connection.execute(select(profile_segments).order_by(profile_segments.c.name))
+            return [_definition(row) for row in rows]
+
+    async def put_segment(
+        self, name: str, expression: str, description: str, expected_version: int, now: datetime
+    ) -> SegmentDefinition:
+        async with translate_errors("put segment"), self._engine.begin() as connection:
+            current = await connection.scalar(
+                select(profile_segments.c.version).where(profile_segments.c.name == name)
+            )
+            if expected_version and current != expected_version:
+                raise FailedPrecondition(
+                    f"segment {name!r} is at version {current or 0}, not the expected {expected_version}"
+                )
+            values = {"expression": expression, "description": description, "updated_at": now}
+            if current is None:
+                await connection.execute(profile_segments.insert().values(name=name, version=1, **values))
+            else:
+                # The version in the WHERE makes a concurrent put of the same segment fail instead of being lost.
+                result = await connection.execute(
+                    update(profile_segments)
+                    .where(profile_segments.c.name == name, profile_segments.c.version == current)
+                    .values(version=current + 1, **values)
+                )
+                if result.rowcount != 1:
+                    raise FailedPrecondition(f"segment {name!r} was changed concurrently; retry")
+            return SegmentDefinition(name, expression, description, (current or 0) + 1, now)
+
+    async def delete_segment(self, name: str) -> bool:
+        async with translate_errors("delete segment"), self._engine.begin() as connection:
+            result = await connection.execute(delete(profile_segments).where(profile_segments.c.name == name))
+            return result.rowcount > 0
+
+    async def customer_ids(self, after: str, limit: int) -> list[str]:
+        async with translate_errors("list customers"), self._engine.connect() as connection:
+            rows = await connection.scalars(
+                select(profile_states.c.customer_id)
+                .where(profile_states.c.customer_id > after)
+                .order_by(profile_states.c.customer_id)
+                .limit(limit)
+            )
+            return list(rows)
+
+    async def segment_members(self, segment: str, after: str, limit: int) -> list[SegmentMember]:
+        async with translate_errors("list segment members"), self._engine.connect() as connection:
+            rows = await connection.execute(
+                select(profile_segment_members.c.customer_id, profile_segment_members.c.since)
+                .where(
+                    profile_segment_members.c.segment == segment,
+                    profile_segment_members.c.customer_id > after,
+                )
+                .order_by(profile_segment_members.c.customer_id)
+                .limit(limit)
+            )
+            return [SegmentMember(customer_id, as_utc(since)) for customer_id, since in rows]
+
+
+def _definition(row: Any) -> SegmentDefinition:
+    return SegmentDefinition(row.name, row.expression, row.description, row.version, as_utc(row.updated_at))

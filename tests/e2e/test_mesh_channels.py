@@ -66,7 +66,7 @@ def test_outcome_is_recorded_once(mesh):
 
 def test_ingesting_the_same_events_twice_applies_them_once(mesh, tmp_path):
     customer_id = mesh.demo["new_customer_id"]
-    before = mesh.call("profile", customer_id)["profile"]["traits"]
+    before = mesh.call("profile", "show", customer_id)["profile"]["traits"]
     event = {
         "event_id": f"e2e-{uuid.uuid4().hex}",
         "customer_id": customer_id,
@@ -79,7 +79,7 @@ def test_ingesting_the_same_events_twice_applies_them_once(mesh, tmp_path):
     first = mesh.call("ingest", str(path))
     second = mesh.call("ingest", str(path))
     assert first["accepted"] == 1 and second.get("accepted", 0) == 0 and second["duplicates"] == 1
-    after = mesh.call("profile", customer_id)["profile"]["traits"]
+    after = mesh.call("profile", "show", customer_id)["profile"]["traits"]
     assert after.get("order_count", 0) == before.get("order_count", 0) + 1
     assert after["total_spend"] == pytest.approx(before.get("total_spend", 0) + 20.0)
 

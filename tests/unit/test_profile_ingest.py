@@ -43,7 +43,11 @@ class InMemoryTransaction:
         return set(new)
 
     async def lock_states(self, customer_ids: Sequence[str], now: datetime) -> dict[str, ProfileState]:
-        return {cid: ProfileState.from_document(self.repository.states.get(cid, {})) for cid in customer_ids}
+        # A freshly decoded document per load, as the real column gives (the state takes ownership of it).
+        return {
+            cid: ProfileState.from_document(orjson.loads(orjson.dumps(self.repository.states.get(cid, {}))))
+            for cid in customer_ids
+        }
 
     async def save_states(self, states: Mapping[str, ProfileState], now: datetime) -> None:
         # Through JSON as the real column does (orjson, like libs.db's engines).

@@ -18,6 +18,8 @@ CART_ACTIONS = ("add", "remove", "clear")
 OFFER_RESPONSES = ("impression", "click", "accept", "decline", "purchase")
 #: Loyalty tiers by rank (0 = none known); a tier's rank is its feature value.
 LOYALTY_TIERS = ("none", "bronze", "silver", "gold", "platinum")
+#: Ledger entry types.
+LEDGER_ENTRY_TYPES = ("refund", "write_off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,11 @@ class OrderLine:
     quantity: int
     unit_price: float
     list_price: float  # 0 means unknown, counted as full price
+    # Optional product attributes ("" when unknown) feeding the favourite categories, brands, sizes and colours.
+    category: str = ""
+    brand: str = ""
+    size: str = ""
+    colour: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +139,55 @@ class PreferenceUpdate:
     kind = "preference_update"
 
 
+@dataclass(frozen=True, slots=True)
+class Search:
+    query: str
+    results: int
+
+    kind = "search"
+
+
+@dataclass(frozen=True, slots=True)
+class CartAbandoned:
+    cart_value: float
+    items: int
+
+    kind = "cart_abandoned"
+
+
+@dataclass(frozen=True, slots=True)
+class Checkout:
+    cart_value: float
+    items: int
+    channel: str  # as Purchase.channel
+
+    kind = "checkout"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreVisit:
+    store_id: str
+    duration_seconds: float
+
+    kind = "store_visit"
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    channel: str  # as Purchase.channel
+
+    kind = "login"
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    type: str  # one of LEDGER_ENTRY_TYPES, "" when not set
+    amount: float
+    order_id: str
+
+    kind = "ledger_entry"
+
+
 Payload = (
     PageView
     | ProductView
@@ -142,6 +198,12 @@ Payload = (
     | LoyaltyChange
     | OfferResponse
     | PreferenceUpdate
+    | Search
+    | CartAbandoned
+    | Checkout
+    | StoreVisit
+    | Login
+    | LedgerEntry
 )
 
 
@@ -228,4 +290,16 @@ def summarize(payload: Payload) -> str:
                 if value
             ]
             return f"preferences updated: {', '.join(changed)}"
+        case Search(query=query, results=results):
+            return f"searched {query!r} ({results} results)"
+        case CartAbandoned(cart_value=value, items=items):
+            return f"cart abandoned: {items} items, {_money(value)}"
+        case Checkout(cart_value=value, items=items):
+            return f"checkout started: {items} items, {_money(value)}"
+        case StoreVisit(store_id=store_id):
+            return f"visited store {store_id}"
+        case Login(channel=channel):
+            return f"signed in{' on ' + channel if channel else ''}"
+        case LedgerEntry(type=kind, amount=amount):
+            return f"ledger {kind.replace('_', '-')} {_money(amount)}"
     raise TypeError(f"unknown payload {payload!r}")

@@ -4,13 +4,19 @@ Ingesting a batch: validate each event on its own (a malformed one is rejected, 
 customers of events that only carry identifiers (all or nothing: if the identity service cannot answer, the
 call fails and nothing is applied, so the producer retries), drop repeated ids within the batch, then, per chunk
 of `APPLY_CHUNK` events, in ONE transaction insert the events ignoring ids already stored, lock the affected
-customers' states and fold only the newly inserted events into them, in event-time order.
+customers' states and fold only the newly inserted events into them, in event-time order; then re-evaluate the
+segments of those customers only, storing membership changes in the same transaction. The customers are
+published on `changes` after each commit.
+
+A stream of batches (`ingest_stream`) is applied the same way, one batch at a time as it is read, so at most one
+batch is in flight and the producer is held by gRPC flow control meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+import base64
+from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,7 +26,13 @@ from libs.changefeed import ChangeFeed
 from libs.errors import InvalidArgument, NotFound
 from libs.protoconv import utcnow
 from services.profile.domain.events import AcceptedEvent, Event, Identifier, summarize
-from services.profile.domain.features import compute_features
+from services.profile.domain.features import FEATURE_NAMES, compute_features
+from services.profile.domain.segments import (
+    SegmentDefinition,
+    SegmentRegistry,
+    check_name,
+    compile_segment,
+)
 from services.profile.domain.state import ProfileState, Traits
 from services.profile.domain.validation import MAX_ID_LENGTH, validate_event
 
@@ -30,6 +42,10 @@ RESOLVE_CONCURRENCY = 16
 #: folding, encoding states) never hold the event loop for long: profile reads wait at most one chunk.
 #: Each event still lands in exactly one transaction, once; a retried batch skips the chunks already applied.
 APPLY_CHUNK = 100
+#: Customers re-evaluated per transaction when a segment is put or deleted.
+SEGMENT_PAGE = 500
+MAX_MEMBERS_PAGE = 1000
+DEFAULT_MEMBERS_PAGE = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +98,19 @@ class ProfileView:
     first_seen_at: datetime | None
     updated_at: datetime
     features: dict[str, float] | None
+    #: Segment name -> member since, for the segments currently defined.
+    segments: dict[str, datetime] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentMember:
+    customer_id: str
+    since: datetime
+
+
+#: (segment, customer id, since) entered; (segment, customer id) left.
+Entered = tuple[str, str, datetime]
+Left = tuple[str, str]
 
 
 class Resolver(Protocol):
@@ -107,6 +136,10 @@ class IngestTransaction(Protocol):
     async def save_states(self, states: Mapping[str, ProfileState], now: datetime) -> None:
         ...
 
+    async def update_memberships(self, entered: Sequence[Entered], left: Sequence[Left]) -> None:
+        """Record segment entries (with their since) and exits."""
+        ...
+
 
 class ProfileRepository(Protocol):
     def transaction(self) -> AbstractAsyncContextManager[IngestTransaction]:
@@ -116,6 +149,27 @@ class ProfileRepository(Protocol):
         ...
 
     async def load_profile(self, customer_id: str, recent_activity: int) -> StoredProfile | None:
+        ...
+
+    async def load_segments(self) -> list[SegmentDefinition]:
+        ...
+
+    async def put_segment(
+        self, name: str, expression: str, description: str, expected_version: int, now: datetime
+    ) -> SegmentDefinition:
+        """Store a new version; FailedPrecondition when `expected_version` is set and is not the current one."""
+        ...
+
+    async def delete_segment(self, name: str) -> bool:
+        """Delete the definition (not the members); False when there was none."""
+        ...
+
+    async def customer_ids(self, after: str, limit: int) -> list[str]:
+        """Customer ids with a profile, in order, after `after`."""
+        ...
+
+    async def segment_members(self, segment: str, after: str, limit: int) -> list[SegmentMember]:
+        """A segment's members in customer-id order, after `after`."""
         ...
 
 
@@ -137,6 +191,34 @@ class ProfileService:
         self._clock = clock
         #: The customers of every committed batch are published here (`WatchChanges`).
         self.changes = changes or ChangeFeed()
+        self.segments = SegmentRegistry()
+        #: Serialises segment puts and deletes (each re-evaluates every customer).
+        self._segment_lock = asyncio.Lock()
+
+    async def load_segments(self) -> None:
+        """Compile the stored segment definitions (on start)."""
+        for definition in await self._repository.load_segments():
+            self.segments.put(compile_segment(definition))
+
+    async def ingest_stream(
+        self, batches: AsyncIterable[Sequence[Event]], resolver: Callable[[], Resolver]
+    ) -> IngestResult:
+        """Apply a stream of batches one at a time (the next batch is read only when the previous one is
+        applied); rejection indices count events from the start of the stream. `resolver()` gives a resolver for
+        each batch (bound to the time left then)."""
+        accepted = duplicates = offset = 0
+        rejected: list[Rejection] = []
+        async for batch in batches:
+            if not batch:
+                continue  # an empty message carries nothing (a keep-alive)
+            result = await self.ingest(batch, resolver())
+            accepted += result.accepted
+            duplicates += result.duplicates
+            rejected.extend(
+                Rejection(offset + r.index, r.event_id, r.field, r.reason) for r in result.rejected
+            )
+            offset += len(batch)
+        return IngestResult(accepted, duplicates, tuple(rejected))
 
     async def ingest(self, events: Sequence[Event], resolver: Resolver) -> IngestResult:
         if not events:
@@ -215,6 +297,15 @@ class ProfileService:
                 state = states[customer_id]
                 for event in sorted(new_events, key=lambda e: (e.occurred_at, e.event_id)):
                     state.apply(event, now)
+            if len(self.segments):
+                entered: list[Entered] = []
+                left: list[Left] = []
+                for customer_id, state in states.items():
+                    came, went = self.segments.evaluate(state, now)
+                    entered.extend((name, customer_id, now) for name in came)
+                    left.extend((name, customer_id) for name in went)
+                if entered or left:
+                    await tx.update_memberships(entered, left)
             await tx.save_states(states, now)
         self.changes.publish(by_customer)  # committed: readers' caches may now drop these customers
         return len(inserted)
@@ -232,14 +323,115 @@ class ProfileService:
             first_seen_at=stored.state.first_seen_at,
             updated_at=stored.updated_at,
             features=compute_features(stored.state, now) if include_features else None,
+            segments={
+                name: since for name, since in sorted(stored.state.segments.items()) if name in self.segments
+            },
         )
 
-    async def get_features(self, customer_id: str) -> dict[str, float]:
+    async def get_features(self, customer_id: str, names: Sequence[str] = ()) -> dict[str, float]:
+        """Every feature, or only `names` in their order (InvalidArgument for an unknown name)."""
         _check_customer_id(customer_id)
+        for i, name in enumerate(names):
+            if name not in _FEATURES:
+                raise InvalidArgument(f"names[{i}]", f"unknown feature {name!r}")
         state = await self._repository.load_state(customer_id)
         if state is None:
             raise NotFound(f"customer {customer_id!r} has no profile")
-        return compute_features(state, self._clock())
+        features = compute_features(state, self._clock())
+        return {name: features[name] for name in names} if names else features
+
+    # ------------------------------------------------------------------ segments
+
+    async def put_segment(
+        self, name: str, expression: str, description: str, expected_version: int = 0
+    ) -> tuple[SegmentDefinition, int]:
+        """Store a new version of a segment and re-evaluate every customer against it; returns it and its
+        member count."""
+        now = self._clock()
+        compile_segment(SegmentDefinition(name, expression, description, 0, now))  # validate before storing
+        async with self._segment_lock:
+            definition = await self._repository.put_segment(name, expression, description, expected_version, now)
+            self.segments.put(compile_segment(definition))
+            members = 0
+            after = ""
+            while ids := await self._repository.customer_ids(after, SEGMENT_PAGE):
+                members += await self._reevaluate(ids, name, remove=False)
+                after = ids[-1]
+        return definition, members
+
+    async def delete_segment(self, name: str) -> None:
+        check_name(name)
+        async with self._segment_lock:
+            if not await self._repository.delete_segment(name):
+                raise NotFound(f"segment {name!r} does not exist")
+            self.segments.remove(name)
+            while members := await self._repository.segment_members(name, "", SEGMENT_PAGE):
+                await self._reevaluate([member.customer_id for member in members], name, remove=True)
+
+    async def _reevaluate(self, customer_ids: Sequence[str], name: str, remove: bool) -> int:
+        """Re-evaluate (or drop) one segment for these customers in one transaction; returns the members."""
+        now = self._clock()
+        changed: dict[str, ProfileState] = {}
+        entered: list[Entered] = []
+        left: list[Left] = []
+        async with self._repository.transaction() as tx:
+            states = await tx.lock_states(customer_ids, now)
+            for customer_id, state in states.items():
+                if remove:
+                    state.segments.pop(name, None)
+                    changed[customer_id] = state
+                    left.append((name, customer_id))
+                    continue
+                came, went = self.segments.evaluate(state, now, only=name)
+                if came or went:
+                    changed[customer_id] = state
+                    entered.extend((name, customer_id, now) for _ in came)
+                    left.extend((name, customer_id) for _ in went)
+            if entered or left:
+                await tx.update_memberships(entered, left)
+            if changed:
+                await tx.save_states(changed, now)
+        self.changes.publish(changed)
+        return 0 if remove else sum(1 for state in states.values() if name in state.segments)
+
+    def list_segments(self) -> list[SegmentDefinition]:
+        return self.segments.definitions()
+
+    async def list_segment_members(
+        self, name: str, page_size: int, page_token: str
+    ) -> tuple[list[SegmentMember], str]:
+        """One page of members and the token of the next page ("" on the last)."""
+        check_name(name)
+        if name not in self.segments:
+            raise NotFound(f"segment {name!r} does not exist")
+        if page_size < 0:
+            raise InvalidArgument("page_size", "must be >= 0")
+        size = min(page_size or DEFAULT_MEMBERS_PAGE, MAX_MEMBERS_PAGE)
+        after = _decode_token(page_token)
+        members = await self._repository.segment_members(name, after, size + 1)
+        if len(members) > size:
+            return members[:size], _encode_token(members[size - 1].customer_id)
+        return members, ""
+
+
+_FEATURES = frozenset(FEATURE_NAMES)
+
+
+def _encode_token(customer_id: str) -> str:
+    """Page tokens are opaque to clients: the last customer id of the page, base64url-encoded."""
+    return base64.urlsafe_b64encode(customer_id.encode()).decode()
+
+
+def _decode_token(token: str) -> str:
+    if not token:
+        return ""
+    try:
+        after = base64.urlsafe_b64decode(token.encode()).decode()
+    except (ValueError, UnicodeDecodeError):
+        after = ""
+    if not after or _encode_token(after) != token:  # the decoder skips foreign characters: check the round trip
+        raise InvalidArgument("page_token", "not a token this service issued")
+    return after
 
 
 def _check_customer_id(customer_id: str) -> None:

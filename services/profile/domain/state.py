@@ -14,7 +14,11 @@ arrival order:
 - open service issues keep their times per reason: a resolved contact closes the oldest open issue with the
   same reason opened at or before it; a resolution that closed nothing is remembered (the newest few per
   reason) so an older unresolved contact arriving after it is closed by it;
-- return times are kept for the last RECENT_RETURNS_WINDOW so `recent_returns` is computed at read time.
+- return times are kept for the last RECENT_RETURNS_WINDOW so `recent_returns` is computed at read time;
+- purchases (time, amount) are kept for the last SPEND_WINDOWS[-1] days, so spend and orders over 30/90/365 days
+  are summed at read time over a bounded list; likewise the last few view times feed purchase intent;
+- favourite categories, brands, sizes and colours and the preferred channel are counters (bounded to
+  FAVOURITES_LIMIT keys by dropping the smallest), read as their top entries.
 
 The state is stored as a JSON document (`to_document` / `from_document`); missing keys read as defaults so new
 traits can be added without a data migration.
@@ -22,7 +26,7 @@ traits can be added without a data migration.
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right, insort
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,7 +34,11 @@ from typing import Any
 from services.profile.domain.events import (
     RETURN_METHODS,
     AcceptedEvent,
+    CartAbandoned,
     CartChange,
+    Checkout,
+    LedgerEntry,
+    Login,
     LoyaltyChange,
     OfferResponse,
     PageView,
@@ -38,7 +46,9 @@ from services.profile.domain.events import (
     ProductReturn,
     ProductView,
     Purchase,
+    Search,
     ServiceContact,
+    StoreVisit,
 )
 
 RECENT_RETURNS_WINDOW = timedelta(days=30)
@@ -48,6 +58,16 @@ CART_LOG_LIMIT = 100
 #: bound keeps compaction to once per 50+ changes and the stored state small for a bot that adds forever.
 CART_LINES_LIMIT = 50
 EARLY_RESOLUTIONS_LIMIT = 10
+#: The spend / order-count windows, in days.
+SPEND_WINDOWS = (30, 90, 365)
+#: Keys kept per favourites counter (categories, brands, sizes, colours, channels).
+FAVOURITES_LIMIT = 50
+#: Entries returned per favourites trait.
+FAVOURITES_SHOWN = 3
+RECENT_SEARCHES_LIMIT = 5
+#: Purchase intent looks at this much recent behaviour.
+INTENT_WINDOW = timedelta(hours=24)
+INTENT_VIEWS_LIMIT = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +124,29 @@ class Traits:
     preferences: Preferences
     recent_returns: int
     net_value: float
+    spend_30d: float = 0.0
+    spend_90d: float = 0.0
+    spend_365d: float = 0.0
+    orders_30d: int = 0
+    orders_90d: int = 0
+    orders_365d: int = 0
+    return_rate_by_count: float = 0.0
+    favourite_categories: tuple[str, ...] = ()
+    favourite_brands: tuple[str, ...] = ()
+    favourite_sizes: tuple[str, ...] = ()
+    favourite_colours: tuple[str, ...] = ()
+    preferred_channel: str = ""
+    searches: int = 0
+    recent_searches: tuple[str, ...] = ()
+    cart_abandonments: int = 0
+    checkouts: int = 0
+    store_visits: int = 0
+    last_store_id: str = ""
+    logins: int = 0
+    last_login_at: datetime | None = None
+    ledger_refunds: float = 0.0
+    write_offs: float = 0.0
+    purchase_intent: float = 0.0
 
 
 def _share(part: float, whole: float) -> float:
@@ -111,11 +154,34 @@ def _share(part: float, whole: float) -> float:
 
 
 def _time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value is not None else None
+    return None if value is None else datetime.fromisoformat(value)
 
 
 def _newer(at: datetime, than: datetime | None) -> bool:
     return than is None or at >= than
+
+
+def _count(counter: dict[str, int], key: str, amount: int) -> None:
+    """Add to a bounded counter; beyond FAVOURITES_LIMIT keys the smallest (a rarely bought value) is dropped."""
+    if not key:
+        return
+    counter[key] = counter.get(key, 0) + amount
+    if len(counter) > FAVOURITES_LIMIT:
+        del counter[min(counter, key=counter.__getitem__)]
+
+
+def _insert(times: list[float], values: list[Any], at: float, value: Any, limit: int | None) -> None:
+    """Insert into parallel lists kept sorted by time, keeping the newest `limit` entries."""
+    index = bisect_right(times, at)
+    times.insert(index, at)
+    values.insert(index, value)
+    if limit is not None and len(times) > limit:
+        del times[:-limit], values[:-limit]
+
+
+def _top(counter: dict[str, int]) -> tuple[str, ...]:
+    """The most counted keys, most first; ties by name so the answer is stable."""
+    return tuple(sorted(counter, key=lambda key: (-counter[key], key))[:FAVOURITES_SHOWN])
 
 
 @dataclass(slots=True)
@@ -157,6 +223,33 @@ class ProfileState:
     shipping_method_at: datetime | None = None
     # offer responses by type
     offer_responses: dict[str, int] = field(default_factory=dict)
+    # purchases in the longest spend window as parallel lists (POSIX time sorted, amount): plain numbers, stored
+    # as they are, because converting entries back from the document on every batch would slow loading a state
+    purchase_times: list[float] = field(default_factory=list)
+    purchase_amounts: list[float] = field(default_factory=list)
+    returned_units: int = 0
+    categories: dict[str, int] = field(default_factory=dict)
+    brands: dict[str, int] = field(default_factory=dict)
+    sizes_bought: dict[str, int] = field(default_factory=dict)
+    colours_bought: dict[str, int] = field(default_factory=dict)
+    channels: dict[str, int] = field(default_factory=dict)
+    # other touchpoints
+    searches: int = 0
+    search_times: list[float] = field(default_factory=list)  # POSIX times, sorted, of...
+    search_queries: list[str] = field(default_factory=list)  # ...the latest queries
+    cart_abandonments: int = 0
+    checkouts: int = 0
+    store_visits: int = 0
+    last_store_id: str = ""
+    last_store_visit_at: datetime | None = None
+    logins: int = 0
+    last_login_at: datetime | None = None
+    view_times: list[float] = field(default_factory=list)  # POSIX times of the latest product views
+    # back-office ledger
+    ledger_refunds: float = 0.0
+    write_offs: float = 0.0
+    # segment name -> since when a member (maintained by the service's segment evaluation, not by `apply`)
+    segments: dict[str, datetime] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ folding
 
@@ -167,13 +260,15 @@ class ProfileState:
             self.first_seen_at = at
         match event.payload:
             case Purchase() as purchase:
-                self._purchase(purchase, at)
+                self._purchase(purchase, at, now)
             case ProductReturn() as product_return:
                 self._return(product_return, at, now)
             case CartChange() as change:
                 self._cart_change(change, at)
             case ProductView(sku=sku, dwell_seconds=dwell):
                 self._viewed(ViewedSku(sku, dwell, at))
+                insort(self.view_times, at.timestamp())
+                del self.view_times[:-INTENT_VIEWS_LIMIT]
             case ServiceContact(reason=reason, resolved=resolved):
                 self._service_contact(reason, resolved, at)
             case LoyaltyChange(points_delta=delta, tier=tier):
@@ -184,11 +279,41 @@ class ProfileState:
                 self.offer_responses[response] = self.offer_responses.get(response, 0) + 1
             case PreferenceUpdate() as update:
                 self._preferences(update, at)
+            case Search(query=query):
+                self.searches += 1
+                _insert(self.search_times, self.search_queries, at.timestamp(), query, RECENT_SEARCHES_LIMIT)
+            case CartAbandoned():
+                self.cart_abandonments += 1
+            case Checkout():
+                self.checkouts += 1
+            case StoreVisit(store_id=store_id):
+                self.store_visits += 1
+                if _newer(at, self.last_store_visit_at):
+                    self.last_store_id, self.last_store_visit_at = store_id, at
+            case Login():
+                self.logins += 1
+                if _newer(at, self.last_login_at):
+                    self.last_login_at = at
+            case LedgerEntry(type=kind, amount=amount):
+                if kind == "refund":
+                    self.ledger_refunds += amount
+                else:
+                    self.write_offs += amount
             case PageView():
                 pass  # only recent activity and first_seen_at
 
-    def _purchase(self, purchase: Purchase, at: datetime) -> None:
-        self.total_spend += purchase.total
+    def _purchase(self, purchase: Purchase, at: datetime, now: datetime) -> None:
+        total = purchase.total
+        self.total_spend += total
+        horizon = (now - timedelta(days=SPEND_WINDOWS[-1])).timestamp()
+        when = at.timestamp()
+        if when >= horizon:
+            _insert(self.purchase_times, self.purchase_amounts, when, total, None)
+        # Times before the longest window can never count again: time only moves forward.
+        expired = bisect_left(self.purchase_times, horizon)
+        if expired:
+            del self.purchase_times[:expired], self.purchase_amounts[:expired]
+        _count(self.channels, purchase.channel, 1)
         self.order_count += 1
         if self.last_purchase_at is None or at > self.last_purchase_at:
             self.last_purchase_at = at
@@ -197,6 +322,10 @@ class ProfileState:
             # list_price 0 means the producer does not know it: counted as full price.
             if not line.list_price or line.unit_price >= line.list_price:
                 self.full_price_units += line.quantity
+            _count(self.categories, line.category, line.quantity)
+            _count(self.brands, line.brand, line.quantity)
+            _count(self.sizes_bought, line.size, line.quantity)
+            _count(self.colours_bought, line.colour, line.quantity)
         if purchase.shipped:
             self.shipped_orders += 1
             if purchase.shipping_fee > 0:
@@ -206,6 +335,7 @@ class ProfileState:
     def _return(self, product_return: ProductReturn, at: datetime, now: datetime) -> None:
         self.refunded += product_return.refunded
         self.return_count += 1
+        self.returned_units += sum(line.quantity for line in product_return.lines)
         self.return_methods[product_return.method] = self.return_methods.get(product_return.method, 0) + 1
         horizon = now - RECENT_RETURNS_WINDOW
         if at >= horizon:
@@ -300,6 +430,10 @@ class ProfileState:
             else {}
         )
         horizon = now - RECENT_RETURNS_WINDOW
+        windows: dict[int, tuple[float, int]] = {}
+        for days in SPEND_WINDOWS:
+            since = bisect_left(self.purchase_times, (now - timedelta(days=days)).timestamp())
+            windows[days] = (sum(self.purchase_amounts[since:]), len(self.purchase_times) - since)
         return Traits(
             total_spend=self.total_spend,
             order_count=self.order_count,
@@ -320,15 +454,50 @@ class ProfileState:
             cart=tuple(self.cart_lines()),
             preferences=Preferences(self.sizes, self.colours, self.shipping_method),
             recent_returns=len(self.return_times) - bisect_left(self.return_times, horizon),
-            net_value=self.total_spend - self.refunded,
+            net_value=self.total_spend - self.refunded - self.ledger_refunds - self.write_offs,
+            spend_30d=windows[30][0],
+            spend_90d=windows[90][0],
+            spend_365d=windows[365][0],
+            orders_30d=windows[30][1],
+            orders_90d=windows[90][1],
+            orders_365d=windows[365][1],
+            return_rate_by_count=min(1.0, _share(self.returned_units, self.units)),
+            favourite_categories=_top(self.categories),
+            favourite_brands=_top(self.brands),
+            favourite_sizes=_top(self.sizes_bought),
+            favourite_colours=_top(self.colours_bought),
+            preferred_channel=(_top(self.channels) or ("",))[0],
+            searches=self.searches,
+            recent_searches=tuple(reversed(self.search_queries)),
+            cart_abandonments=self.cart_abandonments,
+            checkouts=self.checkouts,
+            store_visits=self.store_visits,
+            last_store_id=self.last_store_id,
+            logins=self.logins,
+            last_login_at=self.last_login_at,
+            ledger_refunds=self.ledger_refunds,
+            write_offs=self.write_offs,
+            purchase_intent=self.purchase_intent(now),
         )
+
+    def purchase_intent(self, now: datetime) -> float:
+        """0..1 from the last INTENT_WINDOW: product views (5+ saturate), the longest dwell (2 minutes
+        saturates), repeated views of one SKU, and a non-empty cart touched in the window."""
+        since = now - INTENT_WINDOW
+        views = len(self.view_times) - bisect_left(self.view_times, since.timestamp())
+        dwell = max((view.dwell_seconds for view in self.last_viewed if view.viewed_at >= since), default=0.0)
+        recent_skus = [view.sku for view in self.last_viewed if view.viewed_at >= since]
+        repeated = 1.0 if views > len(set(recent_skus)) and recent_skus else 0.0
+        cart_active = 1.0 if self.cart_log and self.cart_log[-1].at >= since and self.cart_lines() else 0.0
+        score = 0.3 * min(views / 5, 1.0) + 0.2 * min(dwell / 120, 1.0) + 0.2 * repeated + 0.3 * cart_active
+        return round(score, 6)
 
     # ------------------------------------------------------------------ storage document
 
     def to_document(self) -> dict[str, Any]:
         """The state as a document for the JSON column; datetimes are left to the serializer (orjson writes them
         as RFC 3339 in C, several times faster than `isoformat` per list entry on the ingest path)."""
-        return {
+        document = {
             "first_seen_at": (self.first_seen_at),
             "total_spend": self.total_spend,
             "order_count": self.order_count,
@@ -358,44 +527,96 @@ class ProfileState:
             "shipping_method_at": (self.shipping_method_at),
             "offer_responses": self.offer_responses,
         }
+        # The newer traits are written only when set: most customers use few of them, and a smaller document is
+        # cheaper to encode here and to decode on the next batch (a missing key reads as its default).
+        extra = (
+            ("purchase_times", self.purchase_times),
+            ("purchase_amounts", self.purchase_amounts),
+            ("returned_units", self.returned_units),
+            ("categories", self.categories),
+            ("brands", self.brands),
+            ("sizes_bought", self.sizes_bought),
+            ("colours_bought", self.colours_bought),
+            ("channels", self.channels),
+            ("searches", self.searches),
+            ("search_times", self.search_times),
+            ("search_queries", self.search_queries),
+            ("cart_abandonments", self.cart_abandonments),
+            ("checkouts", self.checkouts),
+            ("store_visits", self.store_visits),
+            ("last_store_id", self.last_store_id),
+            ("last_store_visit_at", self.last_store_visit_at),
+            ("logins", self.logins),
+            ("last_login_at", self.last_login_at),
+            ("view_times", self.view_times),
+            ("ledger_refunds", self.ledger_refunds),
+            ("write_offs", self.write_offs),
+            ("segments", self.segments),
+        )
+        document.update([(key, value) for key, value in extra if value])
+        return document
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> ProfileState:
-        def times(values: list[str]) -> list[datetime]:
-            return [datetime.fromisoformat(v) for v in values]
-
+        """The state stored by `to_document`. Runs once per customer per batch on the ingest path, so empty
+        containers skip their conversions and the freshly decoded containers are used without copying."""
+        get = doc.get
+        iso = datetime.fromisoformat
+        open_issues = get("open_issues")
+        early = get("early_resolutions")
+        last_viewed = get("last_viewed")
+        cart_log = get("cart_log")
+        return_times = get("return_times")
+        segments = get("segments")
         return cls(
-            first_seen_at=_time(doc.get("first_seen_at")),
-            total_spend=doc.get("total_spend", 0.0),
-            order_count=doc.get("order_count", 0),
-            last_purchase_at=_time(doc.get("last_purchase_at")),
-            units=doc.get("units", 0),
-            full_price_units=doc.get("full_price_units", 0),
-            shipped_orders=doc.get("shipped_orders", 0),
-            shipping_paid_orders=doc.get("shipping_paid_orders", 0),
-            refunded=doc.get("refunded", 0.0),
-            return_count=doc.get("return_count", 0),
-            return_methods=dict(doc.get("return_methods", {})),
-            return_times=times(doc.get("return_times", [])),
-            loyalty_tier=doc.get("loyalty_tier", 0),
-            loyalty_tier_at=_time(doc.get("loyalty_tier_at")),
-            loyalty_points=doc.get("loyalty_points", 0),
-            service_contacts=doc.get("service_contacts", 0),
-            open_issues={reason: times(ts) for reason, ts in doc.get("open_issues", {}).items()},
-            early_resolutions={reason: times(ts) for reason, ts in doc.get("early_resolutions", {}).items()},
-            last_viewed=[
-                ViewedSku(sku, dwell, datetime.fromisoformat(at)) for sku, dwell, at in doc.get("last_viewed", [])
-            ],
-            cart_cleared_at=_time(doc.get("cart_cleared_at")),
-            cart_log=[
-                CartEntry(datetime.fromisoformat(at), sku, delta, price)
-                for at, sku, delta, price in doc.get("cart_log", [])
-            ],
-            sizes=tuple(doc.get("sizes", ())),
-            sizes_at=_time(doc.get("sizes_at")),
-            colours=tuple(doc.get("colours", ())),
-            colours_at=_time(doc.get("colours_at")),
-            shipping_method=doc.get("shipping_method", ""),
-            shipping_method_at=_time(doc.get("shipping_method_at")),
-            offer_responses=dict(doc.get("offer_responses", {})),
+            first_seen_at=_time(get("first_seen_at")),
+            total_spend=get("total_spend", 0.0),
+            order_count=get("order_count", 0),
+            last_purchase_at=_time(get("last_purchase_at")),
+            units=get("units", 0),
+            full_price_units=get("full_price_units", 0),
+            shipped_orders=get("shipped_orders", 0),
+            shipping_paid_orders=get("shipping_paid_orders", 0),
+            refunded=get("refunded", 0.0),
+            return_count=get("return_count", 0),
+            return_methods=get("return_methods") or {},
+            return_times=[iso(v) for v in return_times] if return_times else [],
+            loyalty_tier=get("loyalty_tier", 0),
+            loyalty_tier_at=_time(get("loyalty_tier_at")),
+            loyalty_points=get("loyalty_points", 0),
+            service_contacts=get("service_contacts", 0),
+            open_issues={reason: [iso(v) for v in ts] for reason, ts in open_issues.items()} if open_issues else {},
+            early_resolutions={reason: [iso(v) for v in ts] for reason, ts in early.items()} if early else {},
+            last_viewed=[ViewedSku(sku, dwell, iso(at)) for sku, dwell, at in last_viewed] if last_viewed else [],
+            cart_cleared_at=_time(get("cart_cleared_at")),
+            cart_log=[CartEntry(iso(at), sku, delta, price) for at, sku, delta, price in cart_log] if cart_log else [],
+            sizes=tuple(get("sizes") or ()),
+            sizes_at=_time(get("sizes_at")),
+            colours=tuple(get("colours") or ()),
+            colours_at=_time(get("colours_at")),
+            shipping_method=get("shipping_method", ""),
+            shipping_method_at=_time(get("shipping_method_at")),
+            offer_responses=get("offer_responses") or {},
+            purchase_times=get("purchase_times") or [],
+            purchase_amounts=get("purchase_amounts") or [],
+            returned_units=get("returned_units", 0),
+            categories=get("categories") or {},
+            brands=get("brands") or {},
+            sizes_bought=get("sizes_bought") or {},
+            colours_bought=get("colours_bought") or {},
+            channels=get("channels") or {},
+            searches=get("searches", 0),
+            search_times=get("search_times") or [],
+            search_queries=get("search_queries") or [],
+            cart_abandonments=get("cart_abandonments", 0),
+            checkouts=get("checkouts", 0),
+            store_visits=get("store_visits", 0),
+            last_store_id=get("last_store_id", ""),
+            last_store_visit_at=_time(get("last_store_visit_at")),
+            logins=get("logins", 0),
+            last_login_at=_time(get("last_login_at")),
+            view_times=get("view_times") or [],
+            ledger_refunds=get("ledger_refunds", 0.0),
+            write_offs=get("write_offs", 0.0),
+            segments={name: iso(since) for name, since in segments.items()} if segments else {},
         )

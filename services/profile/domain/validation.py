@@ -12,11 +12,16 @@ from datetime import datetime, timedelta
 from libs.errors import InvalidArgument
 from services.profile.domain.events import (
     CART_ACTIONS,
+    LEDGER_ENTRY_TYPES,
     LOYALTY_TIERS,
     OFFER_RESPONSES,
     RETURN_METHODS,
+    CartAbandoned,
     CartChange,
+    Checkout,
     Event,
+    LedgerEntry,
+    Login,
     LoyaltyChange,
     OfferResponse,
     PageView,
@@ -25,7 +30,9 @@ from services.profile.domain.events import (
     ProductReturn,
     ProductView,
     Purchase,
+    Search,
     ServiceContact,
+    StoreVisit,
 )
 
 MAX_ID_LENGTH = 128
@@ -133,3 +140,22 @@ def _validate_payload(payload: Payload) -> None:
             for field, values in (("sizes", sizes), ("colours", colours)):
                 for i, value in enumerate(values):
                     _required(value, f"{where}.{field}[{i}]")
+        case Search(query=query, results=results):
+            if not query.strip():
+                raise InvalidArgument(f"{where}.query", "required")
+            if results < 0:
+                raise InvalidArgument(f"{where}.results", f"must be >= 0, got {results}")
+        case CartAbandoned(cart_value=value, items=items) | Checkout(cart_value=value, items=items):
+            _non_negative(value, f"{where}.cart_value")
+            if items < 0:
+                raise InvalidArgument(f"{where}.items", f"must be >= 0, got {items}")
+        case StoreVisit(store_id=store_id, duration_seconds=duration):
+            _required(store_id, f"{where}.store_id")
+            _non_negative(duration, f"{where}.duration")
+        case Login():
+            pass  # the channel is optional
+        case LedgerEntry(type=kind, amount=amount):
+            _one_of(kind, LEDGER_ENTRY_TYPES, f"{where}.type")
+            _non_negative(amount, f"{where}.amount")
+            if not amount:
+                raise InvalidArgument(f"{where}.amount", "must be > 0")

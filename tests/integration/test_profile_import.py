@@ -1,0 +1,133 @@
+"""`nextbest profile import | replay | segments apply` against a real profile service (and identity), on SQLite
+and PostgreSQL: ERP re-imports change nothing, an interrupted import resumes, net value after ledger refunds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from nextbest.profile.v1 import profile_service_pb2 as pb
+from nextbest.profile.v1 import profile_service_pb2_grpc as pb_grpc
+from sqlalchemy import func, select
+
+from cli.main import build_parser
+from libs.settings import CommonSettings
+from services.identity.app import build as build_identity
+from services.identity.settings import IdentitySettings
+from services.profile.app import build
+from services.profile.storage import profile_events, profile_states
+from tests.integration.test_profile_service import settings_for
+
+pytestmark = pytest.mark.integration
+
+ORDERS = """order_id,customer_id,email,ordered_at,channel,shipping_fee
+A1,c-1,,2025-01-10,pos,0
+A2,,ann@example.com,2025-02-01,web,4.95
+A3,c-1,,2025-03-01,web,0
+"""
+LINES = """order_id,sku,quantity,unit_price,list_price
+A1,SKU-1,2,40,50
+A1,SKU-2,1,20,
+A2,SKU-3,1,60,60
+A3,SKU-4,1,100,100
+"""
+RETURNS = """return_id,order_id,returned_at,sku,quantity,refund_amount,method
+R1,A1,2025-01-20,SKU-1,1,40,store
+"""
+LEDGER = """entry_id,customer_id,posted_at,type,amount,order_id
+L1,c-1,2025-02-10,refund,-15,A1
+L2,c-1,2025-02-11,write_off,5,
+"""
+
+
+@pytest.fixture
+async def served(serve, database_url, tmp_path):
+    identity = IdentitySettings(database_url=database_url, port=0, common=CommonSettings(data_dir=tmp_path))
+    server, _ = await serve(build_identity(identity))
+    app = build(settings_for(database_url, tmp_path, f"127.0.0.1:{server.port}"))
+    profile_server, channel = await serve(app)
+    return f"127.0.0.1:{profile_server.port}", pb_grpc.ProfileServiceStub(channel), app
+
+
+async def run(*argv: str) -> int:
+    args = build_parser().parse_args(["profile", *argv])
+    return await args.func(args)
+
+
+async def stored_events(app) -> int:
+    async with app.parts["engine"].connect() as connection:
+        return await connection.scalar(select(func.count()).select_from(profile_events))
+
+
+async def test_erp_import_is_idempotent_resumable_and_nets_out_refunds(served, tmp_path, capsys):
+    target, stub, app = served
+    files = []
+    for kind, text in (("orders", ORDERS), ("lines", LINES), ("returns", RETURNS), ("ledger", LEDGER)):
+        (tmp_path / f"{kind}.csv").write_text(text)
+        files += [f"--{kind}", str(tmp_path / f"{kind}.csv")]
+    checkpoint = tmp_path / "progress.json"
+
+    assert await run("import", *files, "--target", target, "--batch", "2") == 0
+    assert "accepted 6, duplicates 0, rejected 0" in capsys.readouterr().out
+    assert await stored_events(app) == 6
+    digest_run = await run("import", *files, "--target", target, "--checkpoint", str(checkpoint), "--batch", "4")
+    assert digest_run == 0 and "accepted 0, duplicates 6" in capsys.readouterr().out
+    saved = json.loads(checkpoint.read_text())
+    assert saved["acknowledged"] == 6
+    # An interrupted run: only the first 4 events were acknowledged, so a new run sends the last 2.
+    checkpoint.write_text(json.dumps({"digest": saved["digest"], "acknowledged": 4}))
+    assert await run("import", *files, "--target", target, "--checkpoint", str(checkpoint)) == 0
+    out = capsys.readouterr().out
+    assert "resuming after 4 acknowledged events" in out and "accepted 0, duplicates 2" in out
+    assert await stored_events(app) == 6  # re-importing changed nothing
+
+    traits = (await stub.GetProfile(pb.GetProfileRequest(customer_id="c-1"), timeout=5)).profile.traits
+    assert (traits.total_spend, traits.order_count) == (200.0, 2)
+    assert (traits.return_count, traits.ledger_refunds, traits.write_offs) == (1, 15.0, 5.0)
+    assert traits.net_value == pytest.approx(200.0 - 40.0 - 15.0 - 5.0)
+    assert traits.preferred_channel in {"pos", "web"}
+    # Ann was resolved through identity by e-mail: her purchase is on the customer identity created for her.
+    async with app.parts["engine"].connect() as connection:
+        others = list(await connection.scalars(
+            select(profile_states.c.customer_id).where(profile_states.c.customer_id != "c-1")))
+    assert len(others) == 1
+    ann = (await stub.GetProfile(pb.GetProfileRequest(customer_id=others[0]), timeout=5)).profile.traits
+    assert (ann.total_spend, ann.net_value, ann.shipping_paid_share) == (60.0, 60.0, 1.0)
+
+
+async def test_a_file_with_bad_rows_imports_the_rest_and_fails_the_command(served, tmp_path, capsys):
+    target, _, app = served
+    (tmp_path / "ledger.csv").write_text(LEDGER + "L3,c-2,2025-02-12,refund,abc,\n")
+    assert await run("import", "--ledger", str(tmp_path / "ledger.csv"), "--target", target) == 1
+    captured = capsys.readouterr()
+    assert "accepted 2" in captured.out and "amount: not a number: 'abc'" in captured.err
+    assert await stored_events(app) == 2
+
+
+async def test_replay_streams_history_in_date_order_and_again_changes_nothing(served, tmp_path, capsys):
+    target, stub, app = served
+    history = tmp_path / "history.csv"
+    history.write_text("cust,when,amount\nc-9,2025-05-03,30\nc-9,2025-05-01,10\nc-8,2025-05-02,20\n")
+    argv = ("replay", str(history), "--map", "customer_id=cust", "--map", "date=when", "--target", target)
+    assert await run(*argv, "--batch", "1") == 0
+    assert "accepted 3, duplicates 0" in capsys.readouterr().out
+    assert await run(*argv, "--speed", "1e9") == 0
+    assert "accepted 0, duplicates 3" in capsys.readouterr().out
+    traits = (await stub.GetProfile(pb.GetProfileRequest(customer_id="c-9"), timeout=5)).profile.traits
+    assert (traits.total_spend, traits.order_count, traits.last_purchase_at.ToDatetime().day) == (40.0, 2, 3)
+
+
+async def test_segments_apply_from_a_file(served, tmp_path, capsys):
+    target, stub, _ = served
+    path = tmp_path / "segments.toml"
+    path.write_text('[[segments]]\nname = "vip"\nexpression = "net_value >= 100.0"\ndescription = "big"\n'
+                    '[[segments]]\nname = "lapsed"\nexpression = "days_since_last_purchase > 90"\n')
+    assert await run("segments", "apply", str(path), "--target", target) == 0
+    assert await run("segments", "apply", str(path), "--target", target) == 0
+    out = capsys.readouterr().out
+    assert "vip v1: 0 members" in out and "vip v2: 0 members" in out
+    listed = await stub.ListSegments(pb.ListSegmentsRequest(), timeout=5)
+    assert [(s.name, s.version) for s in listed.segments] == [("lapsed", 2), ("vip", 2)]
+    path.write_text('[[segments]]\nname = "bad"\nexpression = "nope"\n')
+    assert await run("segments", "apply", str(path), "--target", target) == 1
+    assert "INVALID_ARGUMENT" in capsys.readouterr().err
