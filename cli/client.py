@@ -162,8 +162,10 @@ async def cmd_decide(args: argparse.Namespace) -> int:
         print(f"catalogue {reply.catalogue_version}, model {reply.model_version or '(rules)'}")
         if reply.degraded:
             print(f"DEGRADED: {', '.join(reply.degraded_reasons)}")
+        if reply.arm and reply.arm != "treatment":
+            print(f"arm: {reply.arm}")
         if not reply.offers:
-            print("  no offer")
+            print(f"  no offer ({reply.no_offer_reason or 'none returned'}); `nextbest explain {reply.decision_id}`")
         _print_offers(reply.offers)
     return _exit(reply)
 
@@ -359,11 +361,17 @@ async def cmd_stock(args: argparse.Namespace) -> int:
 # --- wiring ---------------------------------------------------------------------------------------------------
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def common_options() -> argparse.ArgumentParser:
+    """--json, --target and --timeout, shared by every RPC command."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print the raw reply as JSON")
     common.add_argument("--target", help="host:port of the service (default: from settings)")
     common.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds (default 5)")
+    return common
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    common = common_options()
 
     p = subparsers.add_parser("decide", parents=[common], help="next-best offers for a customer in a channel")
     p.add_argument("--channel", choices=CHANNELS, required=True)
@@ -406,11 +414,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--channel", choices=[*CHANNELS, "email"], default="web")
     p.add_argument("--source", default="cli")
     p.set_defaults(func=cmd_consent)
-
-    p = subparsers.add_parser("profile", parents=[common], help="a customer's profile")
-    p.add_argument("customer_id")
-    p.add_argument("--features", action="store_true", help="include the feature vector")
-    p.set_defaults(func=cmd_profile)
 
     p = subparsers.add_parser("features", parents=[common], help="a customer's feature vector")
     p.add_argument("customer_id")

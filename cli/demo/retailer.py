@@ -395,7 +395,7 @@ _OFFER_TEMPLATES: tuple[tuple, ...] = (
     ("WEB-PREORDER-SHOES", "Pre-order your size", "pre_order", ("web",), 0, 22.0, 1.0, 0.04, "preorder:shoes",
      {"pages": ["product"]}, ""),
     ("WEB-XSELL-BELT", "Complete the look", "cross_sell", ("web",), 0, 12.0, 1.0, 0.05,
-     "accessories", {"requires_cart": True, "max_return_rate": 0.5}, ""),
+     "accessories", {"requires_cart": True}, ""),
     ("WEB-XSELL-SCARF", "Add a finishing touch", "cross_sell", ("web",), 0, 10.0, 1.0, 0.04, "accessories",
      {"pages": ["cart", "product"]}, ""),
     ("WEB-XSELL-TEE", "Pair it with a top", "cross_sell", ("web",), 0, 9.0, 1.0, 0.05, "tops",
@@ -409,7 +409,7 @@ _OFFER_TEMPLATES: tuple[tuple, ...] = (
     ("POS-MEMBER-10", "Member 10% off today", "discount", ("pos",), 10, 8.0, 1.0, 0.1, None,
      {"min_tier": "silver"}, "As a member you get 10% off everything you buy today."),
     ("POS-OUTERWEAR-20", "20% off this coat", "discount", ("pos",), 20, 25.0, 1.0, 0.06, "outerwear",
-     {"min_total_spend": 200.0}, "This coat is 20% off for you today."),
+     {}, "This coat is 20% off for you today."),
     ("POS-SIGNUP", "Join the loyalty club at the till", "loyalty_perk", ("pos",), 0, 5.0, 0.9, 0.08, None,
      {}, "Join our loyalty club now and earn points on today's purchase."),
     ("POS-VIP-STYLING", "Free personal styling session", "loyalty_perk", ("pos",), 0, 18.0, 1.1, 0.07, None,
@@ -451,13 +451,43 @@ _OFFER_TEMPLATES: tuple[tuple, ...] = (
      1.2, 0.12, None, {"min_tier": "platinum", "min_total_spend": 500.0},
      "As one of our Platinum members, please accept this gift with our thanks."),
     ("OMNI-VIRAL-BUYNOW", "Buy now: reserved for our best customers", "pre_order", ("web", "pos", "call_center"), 0,
-     35.0, 1.3, 0.1, "viral", {"min_tier": "gold"}, "We've held one back for you: shall I reserve it now?"),
+     35.0, 1.3, 0.1, "viral", {}, "We've held one back for you: shall I reserve it now?"),
     ("OMNI-FREESHIP-WEEKEND", "Free shipping this weekend", "free_shipping", ("web", "call_center"), 0, 4.0, 0.9,
      0.08, None, {"min_shipping_paid_share": 0.2}, "This weekend all orders ship free."),
     ("OMNI-CALLBACK", "Priority call-back from a stylist", "service_action", ("pos", "call_center"), 0, 3.0, 1.0,
      0.2, None, {"max_return_rate": 0.4}, "A stylist will call you back today to help you choose."),
 )
 
+
+_NO_UPSELL_DURING_COMPLAINT = {
+    "id": "no_open_complaint", "stage": "suitability", "when": "!('open_issue' in customer.segments)",
+    "why": "do not upsell while the customer has an open service issue",
+}
+#: CEL rules (services/decision/domain/rules.py) added to the templates' offers, by offer id.
+_OFFER_RULES: dict[str, list[dict]] = {
+    "WEB-EARLY-ACCESS": [{"id": "gold_or_better", "stage": "eligibility", "when": "customer.tier_rank >= 3",
+                          "why": "early access is a Gold and Platinum perk"}],
+    "WEB-XSELL-BELT": [{"id": "few_returns", "stage": "suitability", "when": "customer.return_rate <= 0.5",
+                        "why": "cross-selling to frequent returners adds returns, not margin"},
+                       _NO_UPSELL_DURING_COMPLAINT],
+    "WEB-XSELL-SCARF": [_NO_UPSELL_DURING_COMPLAINT],
+    "WEB-XSELL-TEE": [_NO_UPSELL_DURING_COMPLAINT],
+    "POS-OUTERWEAR-20": [{"id": "spent_200", "stage": "eligibility", "when": "customer.total_spend >= 200.0",
+                          "why": "the coat discount rewards customers who spent 200 or more"}],
+    "POS-XSELL-BAG": [_NO_UPSELL_DURING_COMPLAINT],
+    "POS-XSELL-KNIT": [_NO_UPSELL_DURING_COMPLAINT],
+    "CC-XSELL-ADDON": [_NO_UPSELL_DURING_COMPLAINT,
+                       {"id": "not_a_complaint_call", "stage": "applicability",
+                        "when": "!(request.call_reason in ['complaint', 'cancel'])",
+                        "why": "no add-on sale on a complaint or cancellation call"}],
+    "OMNI-VIRAL-BUYNOW": [{"id": "loyal_first", "stage": "eligibility", "when": "'loyal' in customer.segments",
+                           "why": "the scarce item is held back for loyal (Gold/Platinum) customers"}],
+    "OMNI-FREESHIP-WEEKEND": [{"id": "weekend", "stage": "applicability", "when": "request.weekday >= 5",
+                               "why": "the weekend offer runs Friday to Sunday"}],
+}
+#: Offers that may share the answer with another offer of their type (diversity): the service helpers.
+_SAME_TYPE_ALLOWED = frozenset({"WEB-FIT-ADVISOR", "WEB-ORDER-TRACKING", "POS-ALTERATION", "OMNI-CALLBACK",
+                                "CC-EXPRESS-RESHIP", "CC-RETURN-PICKUP"})
 
 #: Offers with a validity window around `now`.
 SEASONAL_OFFERS = frozenset({"OMNI-SEASON-SALE", "WEB-KNIT-25"})
@@ -487,6 +517,10 @@ def _offers(rng: random.Random, products: tuple[DemoProduct, ...], stock: tuple[
             entry["eligibility"] = dict(rules)
         if script:
             entry["script"] = script
+        if oid in _OFFER_RULES:
+            entry["rules"] = [dict(rule) for rule in _OFFER_RULES[oid]]
+        if oid in _SAME_TYPE_ALLOWED:
+            entry["allow_same_type"] = True
         if oid in SEASONAL_OFFERS:
             entry["valid_from"] = (now - timedelta(days=30)).isoformat()
             entry["valid_to"] = (now + timedelta(days=90)).isoformat()

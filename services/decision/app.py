@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from nextbest.decision.v1 import decision_service_pb2_grpc as pb_grpc
@@ -32,7 +33,10 @@ def build(settings: DecisionSettings) -> ServiceApp:
     )
     policy = DecisionPolicy(
         arbitration=ArbitrationPolicy(
-            long_dwell_seconds=settings.long_dwell_seconds, min_priority=settings.min_priority
+            long_dwell_seconds=settings.long_dwell_seconds,
+            min_priority=settings.min_priority,
+            epsilon=settings.exploration_epsilon,
+            explore_top=settings.exploration_top,
         ),
         warehouse_id=settings.warehouse_location_id,
         default_max_offers={
@@ -41,6 +45,10 @@ def build(settings: DecisionSettings) -> ServiceApp:
             "call_center": settings.max_offers_call_center,
         },
         reserve_seconds=settings.reserve_ms / 1000,
+        ignore_after=timedelta(seconds=settings.contact_ignore_after_seconds),
+        control_share=settings.control_share,
+        control_offer=settings.control_offer,
+        control_salt=settings.control_salt,
     )
     caches = CustomerCaches(settings.cache_max_customers, settings.cache_max_age_seconds)
     service = DecisionService(gateways, repository, policy, on_new_outcome=forwarder.wake, caches=caches)
@@ -68,6 +76,7 @@ def build(settings: DecisionSettings) -> ServiceApp:
         except CatalogueError as exc:
             raise SystemExit(f"decision: invalid offer catalogue: {exc}") from exc
         await migrate(engine, Path(__file__).parent / "migrations", "alembic_version_decision")
+        await service.load_budgets()
         gateways.open()  # channels belong to the serving event loop, so they open here, not in build
         for subscription in subscriptions:
             subscription.start()

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import orjson
 
+from services.decision.domain.rules import STAGES, Rule, RuleError, compile_rule
+
 OFFER_TYPES = ("discount", "free_shipping", "loyalty_perk", "pre_order", "cross_sell", "service_action")
 CHANNELS = ("web", "pos", "call_center")
 TIERS = ("none", "bronze", "silver", "gold", "platinum")
@@ -40,6 +42,26 @@ class Eligibility:
 
 
 @dataclass(frozen=True)
+class ContactPolicy:
+    """How often one customer may see the offer (counted per channel) and when to stop showing it."""
+
+    max_per_day: int | None = None
+    max_per_week: int | None = None
+    #: Days the offer stays away from a customer after they declined it.
+    decline_cooldown_days: float | None = None
+    #: Stop showing the offer to a customer after this many decisions that showed it got no response at all.
+    max_ignores: int | None = None
+
+
+@dataclass(frozen=True)
+class BudgetCap:
+    """Total accepts and/or accepted spend (revenue) the offer may take, across all customers."""
+
+    max_accepts: int | None = None
+    max_spend: float | None = None
+
+
+@dataclass(frozen=True)
 class Offer:
     id: str
     name: str
@@ -61,6 +83,12 @@ class Offer:
     eligibility: Eligibility = field(default_factory=Eligibility)
     #: What the associate or agent says (POS, call centre).
     script: str = ""
+    #: CEL rules (eligibility, then applicability, then suitability); all must hold.
+    rules: tuple[Rule, ...] = ()
+    #: Whether the offer may be shown next to another offer of the same type (diversity).
+    allow_same_type: bool = False
+    contact: ContactPolicy | None = None
+    budget: BudgetCap | None = None
 
 
 @dataclass(frozen=True)
@@ -140,8 +168,9 @@ def parse_offer(entry: object, where: str) -> Offer:
     lever = float(entry.get("lever", 1.0))
     if lever < 0:
         raise CatalogueError(f"{where}.lever: must not be negative, got {lever}")
+    offer_id = _require(entry, "id", where, str)
     offer = Offer(
-        id=_require(entry, "id", where, str),
+        id=offer_id,
         name=_require(entry, "name", where, str),
         type=offer_type,
         channels=channels,
@@ -155,8 +184,88 @@ def parse_offer(entry: object, where: str) -> Offer:
         valid_to=_parse_time(entry.get("valid_to"), f"{where}.valid_to"),
         eligibility=eligibility,
         script=str(entry.get("script", "")),
+        rules=_parse_rules(entry.get("rules", []), where, offer_id),
+        allow_same_type=_flag(entry, "allow_same_type", where),
+        contact=_parse_contact(entry.get("contact_policy"), f"{where}.contact_policy"),
+        budget=_parse_budget(entry.get("budget"), f"{where}.budget"),
     )
     return offer
+
+
+def _flag(entry: dict, key: str, where: str) -> bool:
+    value = entry.get(key, False)
+    if not isinstance(value, bool):
+        raise CatalogueError(f"{where}.{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _parse_rules(doc: object, where: str, offer_id: str) -> tuple[Rule, ...]:
+    """`[{"id", "stage", "when", "why"?}]`, compiled now; returned in stage order (then catalogue order)."""
+    if not isinstance(doc, list):
+        raise CatalogueError(f"{where}.rules: expected a list")
+    rules: list[Rule] = []
+    seen: set[str] = set()
+    for i, item in enumerate(doc):
+        at = f"{where}.rules[{i}]"
+        if not isinstance(item, dict):
+            raise CatalogueError(f"{at}: expected an object")
+        unknown = set(item) - {"id", "stage", "when", "why"}
+        if unknown:
+            raise CatalogueError(f"{at}: unknown key(s) {sorted(unknown)}")
+        rule_id = _require(item, "id", at, str)
+        if rule_id in seen:
+            raise CatalogueError(f"{at}.id: duplicate rule {rule_id!r} in offer {offer_id!r}")
+        seen.add(rule_id)
+        stage = item.get("stage", "eligibility")
+        if stage not in STAGES:
+            raise CatalogueError(f"{at}.stage: unknown stage {stage!r} (one of {', '.join(STAGES)})")
+        expression = _require(item, "when", at, str)
+        try:
+            rules.append(compile_rule(rule_id, stage, expression, str(item.get("why", ""))))
+        except RuleError as exc:
+            raise CatalogueError(f"{at}.when: offer {offer_id!r} rule {rule_id!r}: {exc}") from None
+    return tuple(sorted(rules, key=lambda r: STAGES.index(r.stage)))
+
+
+def _positive(doc: dict, key: str, where: str, kind: type) -> int | float | None:
+    value = doc.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or kind is int and not isinstance(value, int):
+        raise CatalogueError(f"{where}.{key}: expected {'an integer' if kind is int else 'a number'}, got {value!r}")
+    if value < (1 if kind is int else 0) or value != value:
+        raise CatalogueError(f"{where}.{key}: must be {'at least 1' if kind is int else 'positive'}, got {value!r}")
+    return kind(value)
+
+
+def _parse_contact(doc: object, where: str) -> ContactPolicy | None:
+    if doc is None:
+        return None
+    if not isinstance(doc, dict):
+        raise CatalogueError(f"{where}: expected an object")
+    unknown = set(doc) - set(ContactPolicy.__dataclass_fields__)
+    if unknown:
+        raise CatalogueError(f"{where}: unknown key(s) {sorted(unknown)}")
+    return ContactPolicy(
+        max_per_day=_positive(doc, "max_per_day", where, int),
+        max_per_week=_positive(doc, "max_per_week", where, int),
+        decline_cooldown_days=_positive(doc, "decline_cooldown_days", where, float),
+        max_ignores=_positive(doc, "max_ignores", where, int),
+    )
+
+
+def _parse_budget(doc: object, where: str) -> BudgetCap | None:
+    if doc is None:
+        return None
+    if not isinstance(doc, dict):
+        raise CatalogueError(f"{where}: expected an object")
+    unknown = set(doc) - set(BudgetCap.__dataclass_fields__)
+    if unknown:
+        raise CatalogueError(f"{where}: unknown key(s) {sorted(unknown)}")
+    cap = BudgetCap(_positive(doc, "max_accepts", where, int), _positive(doc, "max_spend", where, float))
+    if cap.max_accepts is None and cap.max_spend is None:
+        raise CatalogueError(f"{where}: set max_accepts and/or max_spend")
+    return cap
 
 
 def parse_catalogue(offers_doc: object, products_doc: object) -> Catalogue:

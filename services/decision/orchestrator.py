@@ -9,19 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any, TypeVar
 
 from libs.clients import Budget
-from libs.errors import FailedPrecondition, InvalidArgument, NotFound
+from libs.db import as_utc
+from libs.errors import FailedPrecondition, InvalidArgument, NextBestError, NotFound, ResourceExhausted
 from libs.protoconv import utcnow
 from services.decision.cache import CustomerCache
-from services.decision.catalogue import Catalogue
+from services.decision.catalogue import BudgetCap, Catalogue
+from services.decision.domain import contact
 from services.decision.domain.arbitration import ArbitrationPolicy
-from services.decision.domain.eligibility import screen
+from services.decision.domain.eligibility import screen, without
+from services.decision.domain.experiment import arm_of
+from services.decision.domain.explain import Explanation, explanation
 from services.decision.domain.model import (
     ANONYMOUS,
     CallDecision,
@@ -41,7 +47,7 @@ from services.decision.domain.stock import products_to_check
 from services.decision.domain.validation import validate_customer, validate_decide, validate_outcome
 from services.decision.features import offer_features
 from services.decision.gateways import DependencyError, Gateways
-from services.decision.storage import DecisionRepository
+from services.decision.storage import ContactRow, DecisionRepository
 
 log = logging.getLogger("nextbest.decision")
 T = TypeVar("T")
@@ -75,6 +81,13 @@ class DecisionPolicy:
     warehouse_id: str
     default_max_offers: Mapping[str, int]
     reserve_seconds: float
+    #: A shown offer with no response after this long counts as ignored (contact policies).
+    ignore_after: timedelta = timedelta(hours=1)
+    #: Share of known customers in the control group, what they get ("random" eligible offer or "none"), and the
+    #: salt of the assignment hash.
+    control_share: float = 0.0
+    control_offer: str = "random"
+    control_salt: str = "control-1"
 
 
 class _Plan:
@@ -108,6 +121,29 @@ async def _skipped() -> tuple[None, None]:
     return None, None
 
 
+def _spent(budget: BudgetCap, accepts: int, spend: float) -> bool:
+    return (budget.max_accepts is not None and accepts >= budget.max_accepts) or (
+        budget.max_spend is not None and spend >= budget.max_spend
+    )
+
+
+def _shown(rows: list[ContactRow]) -> list[contact.Shown]:
+    """Joined (decision, outcome) rows -> one Shown per offer a decision returned, with its outcomes."""
+    outcomes: dict[tuple[str, str], list[tuple[str, datetime]]] = {}
+    decisions: dict[str, ContactRow] = {}
+    for row in rows:
+        decisions.setdefault(row.decision_id, row)
+        if row.outcome_offer_id is not None:
+            outcomes.setdefault((row.decision_id, row.outcome_offer_id), []).append(
+                (row.outcome_type, row.occurred_at)
+            )
+    return [
+        contact.Shown(offer_id, row.channel, row.created_at, tuple(outcomes.get((decision_id, offer_id), ())))
+        for decision_id, row in decisions.items()
+        for offer_id in row.offer_ids
+    ]
+
+
 class DecisionService:
     """Decide, PrioritizeCall and RecordOutcome; the catalogue is held in memory (`use_catalogue` on start)."""
 
@@ -125,9 +161,25 @@ class DecisionService:
         self.caches = caches or CustomerCaches()
         self._on_new_outcome = on_new_outcome
         self._catalogue: Catalogue | None = None
+        self._contact_lookback: timedelta | None = None
+        #: Offers whose budget is spent, as this process last saw the counters (start-up, then every accept it
+        #: records). The cap itself is enforced in the database when an accept is recorded, so a stale set can
+        #: only show a spent offer a little longer, never let it be accepted beyond its cap.
+        self._spent: set[str] = set()
+        self._rng = random.Random()  # exploration and control draws (seeded from the OS)
 
     def use_catalogue(self, catalogue: Catalogue) -> None:
         self._catalogue = catalogue
+        self._contact_lookback = contact.lookback(catalogue)
+
+    async def load_budgets(self) -> None:
+        """Read the budget counters (start-up): which offers' budgets are already spent."""
+        usage = await self.repository.budget_usage()
+        self._spent = {
+            offer.id
+            for offer in self.catalogue.offers
+            if offer.budget is not None and offer.id in usage and _spent(offer.budget, *usage[offer.id])
+        }
 
     @property
     def catalogue(self) -> Catalogue:
@@ -169,8 +221,7 @@ class DecisionService:
         if outcome.offer_id not in offer_ids:
             raise InvalidArgument("offer_id", f"decision {outcome.decision_id} did not return offer {outcome.offer_id}")
         now = utcnow()
-        inserted = await self.repository.insert_outcome(
-            {
+        row = {
                 "outcome_id": outcome.outcome_id,
                 "decision_id": outcome.decision_id,
                 "offer_id": outcome.offer_id,
@@ -183,10 +234,34 @@ class DecisionService:
                 "forwarded_at": None if customer_id else now,
                 "forward_note": None if customer_id else "anonymous: no profile to update",
             }
-        )
+        offer = self.catalogue.offer(outcome.offer_id)
+        budget = offer.budget if offer is not None else None
+        if outcome.type == "accept" and budget is not None:
+            status, usage = await self.repository.insert_outcome_within_budget(
+                row, budget.max_accepts, budget.max_spend
+            )
+            if status == "exhausted":
+                self._spent.add(outcome.offer_id)
+                raise ResourceExhausted(f"offer {outcome.offer_id}: budget spent; the accept was not recorded")
+            if usage is not None and _spent(budget, *usage):
+                self._spent.add(outcome.offer_id)
+            inserted = status == "inserted"
+        else:
+            inserted = await self.repository.insert_outcome(row)
         if inserted and customer_id:
             self._on_new_outcome()
         return not inserted
+
+    async def explain(self, decision_id: str) -> Explanation:
+        """The stored trace of a logged decision (one primary-key read; not on the Decide path)."""
+        if not decision_id:
+            raise InvalidArgument("decision_id", "required")
+        if len(decision_id) > 128:
+            raise InvalidArgument("decision_id", "at most 128 characters")
+        row = await self.repository.decision(decision_id)
+        if row is None:
+            raise NotFound(f"decision {decision_id} not found")
+        return explanation({**row, "created_at": as_utc(row["created_at"])})
 
     async def _customer(self, ref: CustomerRef, plan: _Plan, degraded: list[str]) -> CustomerView:
         """Resolve the customer, then read their profile and consent in parallel."""
@@ -236,8 +311,12 @@ class DecisionService:
         else:
             scoring = _skipped()
         inventory = _attempt(self._stock(channel, ctx, product_ids, timeout)) if product_ids else _skipped()
-        (scores, scoring_failure), (levels, inventory_failure) = await asyncio.gather(scoring, inventory)
+        now = utcnow()
+        (scores, scoring_failure), (levels, inventory_failure), removals = await asyncio.gather(
+            scoring, inventory, self._policy_removals(screening.eligible, channel, customer, now, degraded)
+        )
         degraded.extend(reason for reason in (scoring_failure, inventory_failure) if reason)
+        screening = without(screening, removals)
         conclusion = conclude(
             catalogue=catalogue,
             channel=channel,
@@ -249,8 +328,37 @@ class DecisionService:
             warehouse_id=self.policy.warehouse_id,
             policy=self.policy.arbitration,
             max_offers=max_offers,
+            arm=arm_of(customer.customer_id, self.policy.control_share, self.policy.control_salt),
+            control_offer=self.policy.control_offer,
+            rng=self._rng,
         )
         return conclusion, scores
+
+    async def _policy_removals(
+        self, eligible: tuple, channel: str, customer: CustomerView, now: datetime, degraded: list[str]
+    ) -> dict[str, tuple[str, str]]:
+        """Offers removed by a spent budget or by the customer's contact history.
+
+        The history is one indexed query of the customer's recent decisions and their outcomes, run in parallel
+        with scoring and inventory (so it adds no latency unless the database is the slowest dependency), and only
+        when the catalogue has contact policies and the customer is known. Reading the log rather than keeping
+        per-customer counters in this process keeps every replica exact and needs no rebuild on start.
+        """
+        removals = {o.id: ("budget_exhausted", "the offer's budget cap is spent") for o in eligible if o.id in self._spent}
+        lookback = self._contact_lookback
+        limited = [o for o in eligible if o.contact is not None and o.id not in removals]
+        if lookback is None or not limited or not customer.customer_id:
+            return removals
+        try:
+            rows = await self.repository.contact_history(customer.customer_id, now - lookback)
+        except NextBestError as exc:
+            # Without the history the caps cannot be checked: leave the capped offers out (never over-contact).
+            log.warning("contact history unavailable: %s", exc)
+            degraded.append("contact_history_unavailable")
+            removals.update({o.id: ("contact_history_unknown", "contact history unreadable") for o in limited})
+            return removals
+        removals.update(contact.blocked(limited, channel, _shown(rows), now, self.policy.ignore_after))
+        return removals
 
     async def _stock(self, channel: str, ctx: Context, product_ids: list[str], timeout: float) -> list[StockLevel]:
         """The stock this decision needs, in as few rows as possible.
@@ -291,6 +399,8 @@ class DecisionService:
             catalogue_version=self.catalogue.version,
             model_version=scores.model_version if scores is not None else "",
             decided_at=utcnow(),
+            no_offer_reason=conclusion.no_offer_reason,
+            arm=conclusion.trace.get("arm", "treatment"),
         )
         request = {
             **summary,
@@ -312,6 +422,7 @@ class DecisionService:
                 "lever": o.lever,
                 "reason_codes": list(o.reason_codes),
                 "sku": o.prefill.sku if o.prefill else None,
+                "probability": o.probability,
             }
             for o in decision.offers
         ]

@@ -11,7 +11,14 @@ from nextbest.decision.v1 import decision_service_pb2_grpc as pb_grpc
 
 from libs.clients import Budget
 from libs.protoconv import from_timestamp, to_timestamp
-from services.decision.convert import CALL_TIER_NUMBERS, CHANNEL_NAMES, OFFER_TYPE_NUMBERS, OUTCOME_TYPE_NAMES
+from services.decision.convert import (
+    CALL_TIER_NUMBERS,
+    CHANNEL_NAMES,
+    CHANNEL_NUMBERS,
+    OFFER_FATE_NUMBERS,
+    OFFER_TYPE_NUMBERS,
+    OUTCOME_TYPE_NAMES,
+)
 from services.decision.domain.model import (
     CartLine,
     Context,
@@ -51,6 +58,7 @@ def ranked_offer(offer: DecidedOffer) -> pb.RankedOffer:
         reason_codes=offer.reason_codes,
         script=offer.script,
         stock=[pb.StockHint(sku=h.sku, location_id=h.location_id, on_hand=h.on_hand) for h in offer.stock],
+        probability=offer.probability,
     )
     if offer.prefill is not None:
         p = offer.prefill
@@ -86,6 +94,43 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             catalogue_version=decision.catalogue_version,
             model_version=decision.model_version,
             decided_at=to_timestamp(decision.decided_at),
+            no_offer=not decision.offers,
+            no_offer_reason=decision.no_offer_reason,
+            arm=decision.arm,
+        )
+
+    async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> pb.ExplainResponse:
+        found = await self._service.explain(request.decision_id)
+        return pb.ExplainResponse(
+            decision_id=found.decision_id,
+            customer_id=found.customer_id,
+            channel=CHANNEL_NUMBERS.get(found.channel, 0),
+            decided_at=to_timestamp(found.decided_at),
+            catalogue_version=found.catalogue_version,
+            model_version=found.model_version,
+            degraded_reasons=found.degraded_reasons,
+            considered=[
+                pb.ConsideredOffer(
+                    offer_id=c.offer_id,
+                    fate=OFFER_FATE_NUMBERS[c.fate],
+                    removed_by=c.removed_by,
+                    stage=c.stage,
+                    why=c.why,
+                    propensity=c.propensity,
+                    propensity_source=c.propensity_source,
+                    value=c.value,
+                    lever=c.lever,
+                    context_weight=c.context_weight,
+                    factors=c.factors,
+                    score=c.score,
+                    rank=c.rank,
+                    probability=c.probability,
+                )
+                for c in found.considered
+            ],
+            min_priority=found.min_priority,
+            no_offer_reason=found.no_offer_reason,
+            arm=found.arm,
         )
 
     async def RecordOutcome(

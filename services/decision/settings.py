@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -43,6 +44,35 @@ class DecisionSettings(ServiceSettings):
     min_priority: float = Field(0.0, ge=0, description="Offers scoring below this are dropped.")
     long_dwell_seconds: float = Field(
         30, gt=0, description="Dwell on a product at or above which its offers get the long-dwell weight."
+    )
+
+    contact_ignore_after_seconds: float = Field(
+        3600,
+        gt=0,
+        description="A shown offer with no click, accept, decline or purchase after this long counts as ignored "
+        "(offers' contact_policy.max_ignores).",
+    )
+
+    exploration_epsilon: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Epsilon-greedy exploration: probability that the first slot goes to a uniformly drawn top "
+        "candidate; every shown offer's exact probability is logged.",
+    )
+    exploration_top: int = Field(5, ge=1, le=20, description="How many of the best candidates exploration draws from.")
+
+    control_share: float = Field(
+        0.0,
+        ge=0,
+        le=0.5,
+        description="Share of known customers, assigned by a hash of their id, in the control group (no arbitration).",
+    )
+    control_offer: Literal["random", "none"] = Field(
+        "random", description="What the control group gets: one eligible offer drawn at random, or none."
+    )
+    control_salt: str = Field(
+        "control-1", min_length=1, description="Salt of the control assignment hash; change it to re-draw the groups."
     )
 
     cache_max_customers: int = Field(

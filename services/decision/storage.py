@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +20,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Index,
+    Integer,
     MetaData,
     String,
     Table,
@@ -28,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from libs.db import as_utc, insert_for, translate_errors
+from libs.db import as_utc, insert_for, reader, translate_errors
 from services.decision.domain.model import PendingOutcome
 
 metadata = MetaData()
@@ -75,6 +77,36 @@ Index(
 )
 
 
+
+
+#: Budget caps: accepted outcomes and their revenue per offer, incremented only while under the cap (migration 0002).
+budgets = Table(
+    "decision_budgets",
+    metadata,
+    Column("offer_id", String(128), primary_key=True),
+    Column("accepts", Integer, nullable=False),
+    Column("spend", Float, nullable=False),
+)
+
+@dataclass(frozen=True)
+class ContactRow:
+    """One past decision of the customer joined to one of its outcomes (the outcome fields are None if none)."""
+
+    decision_id: str
+    channel: str
+    created_at: datetime
+    offer_ids: list[str]
+    outcome_offer_id: str | None
+    outcome_type: str | None
+    occurred_at: datetime | None
+
+
+#: At most this many past decisions are read for a customer's contact policies (the newest win).
+CONTACT_HISTORY_LIMIT = 500
+
+
+class _OverBudget(Exception):
+    """Rolls the outcome's transaction back: accepting it would exceed the offer's budget."""
 
 
 class DecisionRepository:
@@ -131,6 +163,89 @@ class DecisionRepository:
         )
         async with translate_errors("outcome"), self.engine.begin() as conn:
             return (await conn.execute(statement)).first() is not None
+
+    async def insert_outcome_within_budget(
+        self, row: Mapping[str, Any], max_accepts: int | None, max_spend: float | None
+    ) -> tuple[str, tuple[int, float] | None]:
+        """Insert an accept of a budgeted offer and count it against the budget in one transaction:
+        ("inserted", (accepts, spend) now), ("duplicate", None) (the outcome id was recorded before; nothing
+        counted twice) or ("exhausted", None) (nothing written). The counter moves with a conditional UPDATE, which PostgreSQL re-checks under the row
+        lock and SQLite runs under its single writer lock, so concurrent accepts can never pass the cap."""
+        offer_id, revenue = row["offer_id"], float(row["revenue"])
+        conditions = [budgets.c.offer_id == offer_id]
+        if max_accepts is not None:
+            conditions.append(budgets.c.accepts + 1 <= max_accepts)
+        if max_spend is not None:
+            conditions.append(budgets.c.spend + revenue <= max_spend)
+        try:
+            async with translate_errors("outcome"), self.engine.begin() as conn:
+                inserted = (
+                    await conn.execute(
+                        self._insert(outcomes)
+                        .values(**row)
+                        .on_conflict_do_nothing(index_elements=[outcomes.c.outcome_id])
+                        .returning(outcomes.c.outcome_id)
+                    )
+                ).first()
+                if inserted is None:
+                    return "duplicate", None
+                await conn.execute(
+                    self._insert(budgets)
+                    .values(offer_id=offer_id, accepts=0, spend=0.0)
+                    .on_conflict_do_nothing(index_elements=[budgets.c.offer_id])
+                )
+                counted = (
+                    await conn.execute(
+                        update(budgets)
+                        .where(*conditions)
+                        .values(accepts=budgets.c.accepts + 1, spend=budgets.c.spend + revenue)
+                        .returning(budgets.c.accepts, budgets.c.spend)
+                    )
+                ).first()
+                if counted is None:
+                    raise _OverBudget
+        except _OverBudget:
+            return "exhausted", None
+        return "inserted", (counted.accepts, counted.spend)
+
+    async def budget_usage(self) -> dict[str, tuple[int, float]]:
+        """Offer id -> (accepts, spend) counted so far (read on start-up)."""
+        async with translate_errors("budgets"), self.engine.connect() as conn:
+            rows = (await conn.execute(select(budgets.c.offer_id, budgets.c.accepts, budgets.c.spend))).all()
+        return {r.offer_id: (r.accepts, r.spend) for r in rows}
+
+    async def contact_history(self, customer_id: str, since: datetime) -> list[ContactRow]:
+        """The customer's decisions since `since`, newest first, each with its outcomes: one query on the
+        (customer_id, created_at) index, outcomes joined on their decision_id index."""
+        statement = (
+            select(
+                decisions.c.decision_id,
+                decisions.c.channel,
+                decisions.c.created_at,
+                decisions.c.offers,
+                outcomes.c.offer_id,
+                outcomes.c.type,
+                outcomes.c.occurred_at,
+            )
+            .select_from(decisions.outerjoin(outcomes, outcomes.c.decision_id == decisions.c.decision_id))
+            .where(decisions.c.customer_id == customer_id, decisions.c.created_at >= since)
+            .order_by(decisions.c.created_at.desc())
+            .limit(CONTACT_HISTORY_LIMIT)
+        )
+        async with translate_errors("decision log"), reader(self.engine).connect() as conn:
+            rows = (await conn.execute(statement)).all()
+        return [
+            ContactRow(
+                r.decision_id,
+                r.channel,
+                as_utc(r.created_at),
+                [o["offer_id"] for o in r.offers],
+                r.offer_id,
+                r.type,
+                as_utc(r.occurred_at),
+            )
+            for r in rows
+        ]
 
     async def pending_outcomes(self, limit: int) -> list[PendingOutcome]:
         """The oldest outcomes not yet forwarded to the profile service."""

@@ -57,9 +57,9 @@ PRODUCTS = [
 ]
 OFFERS = [
     {"id": "tee-discount", "name": "15% off the Organic Tee", "type": "discount", "channels": ["web", "pos"],
-     "value": 6.0, "base_propensity": 0.2, "discount_pct": 15, "product_id": "P-TEE"},
+     "value": 6.0, "base_propensity": 0.2, "discount_pct": 15, "product_id": "P-TEE", "allow_same_type": True},
     {"id": "sneaker-discount", "name": "10% off Court Sneakers", "type": "discount", "channels": ["web", "pos"],
-     "value": 15.0, "base_propensity": 0.1, "discount_pct": 10, "product_id": "P-SNEAK"},
+     "value": 15.0, "base_propensity": 0.1, "discount_pct": 10, "product_id": "P-SNEAK", "allow_same_type": True},
     {"id": "sneaker-preorder", "name": "Pre-order Court Sneakers", "type": "pre_order", "channels": ["web"],
      "value": 10.0, "base_propensity": 0.3, "product_id": "P-SNEAK"},
     {"id": "free-shipping", "name": "Free shipping today", "type": "free_shipping", "channels": ["web", "call_center"],

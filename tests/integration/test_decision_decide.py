@@ -181,7 +181,8 @@ async def test_identity_down_or_slow_continues_as_an_anonymous_visitor(database_
     assert reply.customer_id == "" and list(reply.degraded_reasons) == ["identity_unavailable"]
     assert list(reply.offers) == []
     row = await mesh.repository.decision(reply.decision_id)
-    assert row["trace"]["empty_reason"] == "no_offer_cleared_minimum"
+    assert row["trace"]["no_offer_reason"] == "nothing_eligible"
+    assert reply.no_offer_reason == "nothing_eligible"
     assert {e["removed"] for e in row["trace"]["considered"]} >= {"no_marketing_consent"}
 
 

@@ -236,9 +236,9 @@ def _candidates(cat: Catalogue, propensities: dict[str, float]) -> list[Candidat
 
 def test_score_is_propensity_times_value_times_lever_and_ranks_best_first():
     cat = catalogue(
-        offer("a", value=10.0, lever=1.0),  # 0.5 x 10 x 1 = 5
-        offer("b", value=40.0, lever=1.0),  # 0.2 x 40 x 1 = 8
-        offer("c", value=10.0, lever=0.5),  # 0.9 x 10 x 0.5 = 4.5
+        offer("a", value=10.0, lever=1.0, allow_same_type=True),  # 0.5 x 10 x 1 = 5
+        offer("b", value=40.0, lever=1.0, allow_same_type=True),  # 0.2 x 40 x 1 = 8
+        offer("c", value=10.0, lever=0.5, allow_same_type=True),  # 0.9 x 10 x 0.5 = 4.5
     )
     result = arbitrate(_candidates(cat, {"a": 0.5, "b": 0.2, "c": 0.9}), Context(), customer(), frozenset(), cat,
                        ArbitrationPolicy(), max_offers=3)
@@ -276,7 +276,7 @@ def test_one_offer_per_product_min_priority_and_max_offers():
     cat = catalogue(
         offer("shoe-10", product_id="P-SHOE", value=10.0),
         offer("shoe-20", product_id="P-SHOE", value=20.0),
-        offer("sock", product_id="P-SOCK", value=5.0),
+        offer("sock", product_id="P-SOCK", value=5.0, allow_same_type=True),
         offer("perk", type="loyalty_perk", value=1.0),
         offer("tiny", type="loyalty_perk", value=0.1),
     )
@@ -326,7 +326,7 @@ def test_nothing_clearing_the_minimum_gives_no_offers_and_says_why():
                       screening=screen(cat, "web", Context(), who, NOW), scores=None, stock=stock(),
                       warehouse_id="DC1", policy=ArbitrationPolicy(min_priority=5.0), max_offers=3)
     assert result.offers == ()
-    assert result.trace["empty_reason"] == "no_offer_cleared_minimum"
+    assert result.trace["no_offer_reason"] == result.no_offer_reason == "below_min_priority"
     assert result.trace["considered"][0]["dropped"] == "below_min_priority"
 
 

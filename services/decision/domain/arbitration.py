@@ -12,8 +12,9 @@ The context weight starts at 1 and is multiplied for what the customer is doing 
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.decision.catalogue import Catalogue, Offer
 from services.decision.domain.model import Candidate, Context, CustomerView
@@ -35,6 +36,10 @@ class ArbitrationPolicy:
     long_dwell_seconds: float = 30.0
     min_priority: float = 0.0
     weights: Weights = Weights()
+    #: Epsilon-greedy exploration of the first slot: with this probability it goes to one of the `explore_top`
+    #: best candidates drawn uniformly instead of the best.
+    epsilon: float = 0.0
+    explore_top: int = 5
 
 
 def context_weight(
@@ -82,8 +87,14 @@ class Arbitration:
     ranked: tuple[Scored, ...]
     #: Every candidate with its factors, best first (ranked and dropped alike), for the trace.
     scored: tuple[Scored, ...]
-    #: Offer id -> why a scored candidate was not returned ("below_min_priority", "diversity", "beyond_max_offers").
+    #: Offer id -> why a scored candidate was not returned: "below_min_priority", "diversity" (a better offer for
+    #: the same product/SKU is in), "diversity_type" (a better offer of the same type is in), "beyond_max_offers".
     dropped: dict[str, str]
+    #: Returned offer id -> the exact probability that this policy shows it in this decision (1.0 when greedy).
+    shown_probability: dict[str, float] = field(default_factory=dict)
+    #: Exploration pool offer id -> the exact probability that it takes the first slot (they sum to one).
+    first_probability: dict[str, float] = field(default_factory=dict)
+    explored: bool = False
 
 
 def arbitrate(
@@ -94,6 +105,7 @@ def arbitrate(
     catalogue: Catalogue,
     policy: ArbitrationPolicy,
     max_offers: int,
+    rng: random.Random | None = None,
 ) -> Arbitration:
     scored: list[Scored] = []
     for candidate in candidates:
@@ -102,18 +114,53 @@ def arbitrate(
         score = candidate.propensity * offer.value * offer.lever * weight
         scored.append(Scored(candidate, weight, codes, score))
     scored.sort(key=lambda s: (-s.score, s.candidate.offer.id))  # ties broken by id: the same input ranks the same
+    ranked, dropped = _fill(scored, policy.min_priority, max_offers, None)
+    if policy.epsilon <= 0 or not ranked:
+        return Arbitration(tuple(ranked), tuple(scored), dropped, {s.candidate.offer.id: 1.0 for s in ranked})
+    # Epsilon-greedy over the first slot; the rest of the slate is filled greedily after it, so each possible
+    # first choice gives one slate and the probability of showing an offer is exact: the sum over those slates.
+    pool = [s for s in scored if s.score >= policy.min_priority][: max(1, policy.explore_top)]
+    greedy = ranked[0]
+    first_probability = {
+        s.candidate.offer.id: (1 - policy.epsilon) * (s is greedy) + policy.epsilon / len(pool) for s in pool
+    }
+    shown: dict[str, float] = {}
+    slates = {}
+    for first in pool:
+        slate = _fill(scored, policy.min_priority, max_offers, first)
+        slates[first.candidate.offer.id] = slate
+        for item in slate[0]:
+            offer_id = item.candidate.offer.id
+            shown[offer_id] = shown.get(offer_id, 0.0) + first_probability[first.candidate.offer.id]
+    explored = (rng or random.Random()).random() < policy.epsilon
+    if explored:
+        chosen = (rng or random.Random()).choice(pool)
+        ranked, dropped = slates[chosen.candidate.offer.id]
+    probabilities = {s.candidate.offer.id: shown[s.candidate.offer.id] for s in ranked}
+    return Arbitration(tuple(ranked), tuple(scored), dropped, probabilities, first_probability, explored)
+
+
+def _fill(
+    scored: list[Scored], min_priority: float, max_offers: int, first: Scored | None
+) -> tuple[list[Scored], dict[str, str]]:
+    """The slate, best first, under diversity; `first` (when given) takes the first slot."""
     ranked: list[Scored] = []
     dropped: dict[str, str] = {}
     taken_keys: set[str] = set()
-    for item in scored:
-        offer_id = item.candidate.offer.id
-        if item.score < policy.min_priority:
-            dropped[offer_id] = "below_min_priority"
+    taken_types: set[str] = set()
+    order = scored if first is None else [first, *(s for s in scored if s is not first)]
+    for item in order:
+        offer = item.candidate.offer
+        if item.score < min_priority:
+            dropped[offer.id] = "below_min_priority"
         elif item.candidate.key in taken_keys:
-            dropped[offer_id] = "diversity"  # a better offer for the same product is already in
+            dropped[offer.id] = "diversity"  # a better offer for the same product is already in
+        elif offer.type in taken_types and not offer.allow_same_type:
+            dropped[offer.id] = "diversity_type"  # two discounts side by side compete with each other
         elif len(ranked) >= max_offers:
-            dropped[offer_id] = "beyond_max_offers"
+            dropped[offer.id] = "beyond_max_offers"
         else:
             ranked.append(item)
             taken_keys.add(item.candidate.key)
-    return Arbitration(tuple(ranked), tuple(scored), dropped)
+            taken_types.add(offer.type)
+    return ranked, dropped

@@ -5,10 +5,12 @@ Every removed offer gets one reason (the first rule it fails), recorded in the d
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from services.decision.catalogue import Catalogue, Offer
+from services.decision.domain import rules as cel_rules
 from services.decision.domain.model import TIER_RANK, Context, CustomerView
 
 MARKETING = "marketing"
@@ -59,18 +61,69 @@ def ineligibility(
 @dataclass(frozen=True)
 class Screening:
     eligible: tuple[Offer, ...]
-    #: Offer id -> the rule that removed it.
+    #: Offer id -> the rule that removed it (a code such as "min_tier", or "rule:<id>" for a CEL rule).
     removed: dict[str, str]
+    #: Offer id -> more about the removal for the trace (a CEL rule's stage and why).
+    details: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def rule_facts(channel: str, ctx: Context, customer: CustomerView, catalogue: Catalogue, now: datetime) -> Any:
+    """The CEL variables of one decision (see domain/rules.py)."""
+    viewed = catalogue.product_of_sku.get(ctx.sku, "") if ctx.sku else ""
+    in_cart = sorted(cart_products(ctx, customer, catalogue))
+    return cel_rules.facts(
+        known=customer.known,
+        traits=customer.traits,
+        features=customer.features,
+        channel=channel,
+        page=ctx.page,
+        sku=ctx.sku,
+        product_id=viewed,
+        category=catalogue.products[viewed].category if viewed else "",
+        dwell_seconds=ctx.dwell_seconds,
+        cart_value=sum(line.quantity * line.unit_price for line in ctx.cart),
+        cart_items=sum(line.quantity for line in ctx.cart),
+        cart_products=in_cart,
+        cart_categories=sorted({catalogue.products[pid].category for pid in in_cart}),
+        store_id=ctx.store_id,
+        call_reason=ctx.call_reason,
+        now=now,
+    )
 
 
 def screen(catalogue: Catalogue, channel: str, ctx: Context, customer: CustomerView, now: datetime) -> Screening:
     in_cart = cart_products(ctx, customer, catalogue)
     eligible: list[Offer] = []
     removed: dict[str, str] = {}
+    details: dict[str, dict[str, Any]] = {}
+    facts = None  # built once, and only when an offer that got this far has CEL rules
     for offer in catalogue.offers:
         reason = ineligibility(offer, channel, ctx, customer, in_cart, now)
+        if reason is None and offer.rules:
+            if facts is None:
+                facts = rule_facts(channel, ctx, customer, catalogue, now)
+            failed = cel_rules.failing_rule(offer.rules, facts)
+            if failed is not None:
+                rule, why = failed
+                reason = f"rule:{rule.id}"
+                details[offer.id] = {"stage": rule.stage, "why": why, "expression": rule.expression}
         if reason is None:
             eligible.append(offer)
         else:
             removed[offer.id] = reason
-    return Screening(tuple(eligible), removed)
+    return Screening(tuple(eligible), removed, details)
+
+
+def without(screening: Screening, removals: dict[str, tuple[str, str]]) -> Screening:
+    """The screening with more offers removed (contact policy, budget): offer id -> (trace code, why)."""
+    if not removals:
+        return screening
+    eligible = tuple(o for o in screening.eligible if o.id not in removals)
+    removed = dict(screening.removed)
+    details = dict(screening.details)
+    for offer in screening.eligible:
+        if offer.id in removals:
+            code, why = removals[offer.id]
+            removed[offer.id] = code
+            details[offer.id] = {"why": why}
+    return Screening(eligible, removed, details)

@@ -128,6 +128,7 @@ def _action(
         base_propensity=prior,
         product_id=product.product_id,
         script=script,
+        allow_same_type=True,  # fulfilment options for one sold-out item are alternatives, shown together
     )
     # Each action is its own fulfilment option, so actions do not compete with each other for the product slot.
     return Candidate(offer, prior, "rule_propensity", reasons, diversity_key=action_id, stock=tuple(hints))

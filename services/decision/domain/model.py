@@ -187,6 +187,8 @@ class DecidedOffer:
     prefill: Prefill | None = None
     script: str = ""
     stock: tuple[StockHint, ...] = ()
+    #: The exact probability that the decision policy (exploration, control draw) shows this offer; 1.0 if greedy.
+    probability: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,10 @@ class Decision:
     catalogue_version: str
     model_version: str
     decided_at: datetime
+    #: Why no offer was returned on purpose ("nothing_eligible", "below_min_priority", "control_group").
+    no_offer_reason: str = ""
+    #: The customer's experiment arm: "treatment" or "control".
+    arm: str = "treatment"
 
     @property
     def degraded(self) -> bool:

@@ -7,14 +7,16 @@ with the rule that removed it or the factors that ranked it.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from services.decision.catalogue import Catalogue
 from services.decision.domain.arbitration import ArbitrationPolicy, Scored, arbitrate
 from services.decision.domain.eligibility import Screening, cart_products
 from services.decision.domain.experience import associate_actions, offer_script, stock_hints, web_prefill
+from services.decision.domain.experiment import CONTROL, TREATMENT
 from services.decision.domain.model import Candidate, Context, CustomerView, DecidedOffer, StockView
 from services.decision.domain.stock import stock_location, stock_verdict
 from services.decision.features import RequestContext
@@ -28,10 +30,18 @@ class Scores:
     probabilities: Mapping[str, float]
 
 
+#: Why a decision returned no offer (DecideResponse.no_offer_reason and the trace).
+NOTHING_ELIGIBLE = "nothing_eligible"  # every offer was removed by a rule, stock or consent
+BELOW_MIN_PRIORITY = "below_min_priority"  # candidates were left, but none cleared the minimum priority
+CONTROL_GROUP = "control_group"  # the customer is in the control group, which gets no offer
+
+
 @dataclass(frozen=True)
 class Conclusion:
     offers: tuple[DecidedOffer, ...]
     trace: dict[str, Any]
+    #: Empty when offers were returned; else NOTHING_ELIGIBLE or BELOW_MIN_PRIORITY.
+    no_offer_reason: str = ""
 
 
 def request_context(channel: str, ctx: Context) -> RequestContext:
@@ -57,8 +67,14 @@ def conclude(
     warehouse_id: str,
     policy: ArbitrationPolicy,
     max_offers: int,
+    arm: str = TREATMENT,
+    control_offer: str = "random",
+    rng: random.Random | None = None,
 ) -> Conclusion:
-    """Steps 6-8 and the trace; `scores` / `stock` None means that dependency failed (fallbacks apply)."""
+    """Steps 6-8 and the trace; `scores` / `stock` None means that dependency failed (fallbacks apply).
+
+    In the control arm arbitration is skipped: one candidate drawn uniformly (`control_offer` "random", with its
+    probability logged), or none ("none")."""
     location = stock_location(channel, ctx, warehouse_id)
     removed = dict(screening.removed)
     candidates: list[Candidate] = []
@@ -78,13 +94,35 @@ def conclude(
         candidates.extend(associate_actions(ctx, customer, catalogue, stock, ctx.store_id, warehouse_id))
 
     in_cart = cart_products(ctx, customer, catalogue)
-    arbitration = arbitrate(candidates, ctx, customer, in_cart, catalogue, policy, max_offers)
+    control: dict[str, Any] = {}
+    if arm == CONTROL:
+        pool = sorted(candidates, key=lambda c: c.offer.id)
+        if control_offer == "random" and pool:
+            chosen = (rng or random.Random()).choice(pool)
+            control = {"control_pick": chosen.offer.id, "control_probability": 1.0 / len(pool)}
+            candidates = [chosen]
+        else:
+            control = {"control_pick": "", "control_probability": 1.0}
+            candidates = []
+        removed.update((c.offer.id, "control_not_drawn") for c in pool if c not in candidates)
+        policy = ArbitrationPolicy(policy.long_dwell_seconds, 0.0, policy.weights)  # the draw is not filtered
+        max_offers = 1
+    arbitration = arbitrate(candidates, ctx, customer, in_cart, catalogue, policy, max_offers, rng)
+    if control:
+        probability = {oid: control["control_probability"] for oid in arbitration.shown_probability}
+    else:
+        probability = arbitration.shown_probability
     offers = tuple(
-        _present(rank, item, channel, ctx, customer, catalogue, stock, warehouse_id)
+        replace(
+            _present(rank, item, channel, ctx, customer, catalogue, stock, warehouse_id),
+            probability=probability.get(item.candidate.offer.id, 1.0),
+        )
         for rank, item in enumerate(arbitration.ranked, start=1)
     )
 
-    considered: list[dict[str, Any]] = [{"offer_id": oid, "removed": reason} for oid, reason in removed.items()]
+    considered: list[dict[str, Any]] = [
+        {"offer_id": oid, "removed": reason, **screening.details.get(oid, {})} for oid, reason in removed.items()
+    ]
     ranks = {o.offer_id: o.rank for o in offers}
     for item in arbitration.scored:
         offer = item.candidate.offer
@@ -100,13 +138,25 @@ def conclude(
         }
         if offer.id in ranks:
             entry["rank"] = ranks[offer.id]
+            entry["probability"] = probability.get(offer.id, 1.0)
         else:
             entry["dropped"] = arbitration.dropped[offer.id]
         considered.append(entry)
-    trace: dict[str, Any] = {"considered": considered}
+    trace: dict[str, Any] = {"considered": considered, "min_priority": policy.min_priority, "arm": arm, **control}
+    if arbitration.first_probability:
+        trace["exploration"] = {
+            "epsilon": policy.epsilon,
+            "explored": arbitration.explored,
+            "first_probability": arbitration.first_probability,
+        }
+    no_offer_reason = ""
     if not offers:
-        trace["empty_reason"] = "no_offer_cleared_minimum"
-    return Conclusion(offers, trace)
+        if arm == CONTROL and control_offer != "random":
+            no_offer_reason = CONTROL_GROUP
+        else:
+            no_offer_reason = BELOW_MIN_PRIORITY if arbitration.scored else NOTHING_ELIGIBLE
+        trace["no_offer_reason"] = no_offer_reason
+    return Conclusion(offers, trace, no_offer_reason)
 
 
 def _present(
