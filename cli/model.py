@@ -68,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train = commands.add_parser(
         "train",
         help="train a candidate from a CSV (--csv) or from the decision log",
-        description="With --csv: a stratified random 20%% hold-out, early stopping on a validation slice, metrics "
+        description="With --csv: a stratified random 20% hold-out, early stopping on a validation slice, metrics "
         "against a logistic-regression baseline. Without: decisions joined to outcomes within --window-days, a "
         "time-based split. Either way the model is registered as a candidate with its model card.",
     )
