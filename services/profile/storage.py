@@ -14,6 +14,7 @@ insertmanyvalues), so a chunk of 100 events costs three round trips, not hundred
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -91,12 +92,44 @@ profile_segment_members = Table(
 )
 
 
+class StateCache:
+    """The profile states this process last committed, with the row version each was saved as.
+
+    Under ingest the same customers come back batch after batch. When the row lock returns the version this
+    process wrote, no other writer (another replica, a segment put) has touched the row since, so the cached state
+    is current and its JSON document need not travel and be decoded again: that decode was a quarter of the ingest
+    CPU. Any other version reads the row. Entries are handed out only under the row lock and are dropped whenever a
+    transaction that held them does not commit, so a state mutated by a failed batch is never reused.
+    """
+
+    def __init__(self, max_states: int) -> None:
+        self._max_states = max_states
+        self._states: OrderedDict[str, tuple[int, ProfileState]] = OrderedDict()
+
+    def take(self, customer_id: str, version: int) -> ProfileState | None:
+        entry = self._states.pop(customer_id, None)  # out while a transaction holds it
+        return entry[1] if entry is not None and entry[0] == version else None
+
+    def keep(self, saved: Mapping[str, tuple[int, ProfileState]]) -> None:
+        if self._max_states <= 0:
+            return
+        for customer_id, entry in saved.items():
+            self._states[customer_id] = entry
+            self._states.move_to_end(customer_id)
+        while len(self._states) > self._max_states:
+            self._states.popitem(last=False)
+
+
 class SqlIngestTransaction:
     """The batch-applying steps on one open transaction (see the module docstring for the locking order)."""
 
-    def __init__(self, connection: AsyncConnection, insert: Callable[[Table], Any]) -> None:
+    def __init__(self, connection: AsyncConnection, insert: Callable[[Table], Any], cache: StateCache) -> None:
         self._connection = connection
         self._insert = insert
+        self._cache = cache
+        self._locked: dict[str, int] = {}  # customer -> row version under this transaction's lock
+        #: What this transaction wrote: customer -> (new row version, state); cached once it commits.
+        self.saved: dict[str, tuple[int, ProfileState]] = {}
 
     async def add_events(self, records: Sequence[EventRecord]) -> set[str]:
         received_at = datetime.now(UTC)
@@ -131,9 +164,27 @@ class SqlIngestTransaction:
         # taken in the order given (sorted), and the old state comes back in the same round trip.
         statement = statement.on_conflict_do_update(
             index_elements=["customer_id"], set_={"version": profile_states.c.version}
-        ).returning(profile_states.c.customer_id, profile_states.c.state)
-        result = await self._connection.execute(statement, rows)
-        return {customer_id: ProfileState.from_document(state) for customer_id, state in result}
+        ).returning(profile_states.c.customer_id, profile_states.c.version)
+        locked = {customer_id: version for customer_id, version in await self._connection.execute(statement, rows)}
+        self._locked.update(locked)
+        states: dict[str, ProfileState] = {}
+        stale: list[str] = []
+        for customer_id, version in locked.items():
+            cached = self._cache.take(customer_id, version)
+            if cached is not None:
+                states[customer_id] = cached
+            elif version == 0:
+                states[customer_id] = ProfileState()  # created by this lock: committed rows are version 1 or more
+            else:
+                stale.append(customer_id)
+        if stale:
+            found = await self._connection.execute(
+                select(profile_states.c.customer_id, profile_states.c.state).where(
+                    profile_states.c.customer_id.in_(stale)
+                )
+            )
+            states.update((customer_id, ProfileState.from_document(state)) for customer_id, state in found)
+        return states
 
     async def save_states(self, states: Mapping[str, ProfileState], now: datetime) -> None:
         rows = [
@@ -157,6 +208,9 @@ class SqlIngestTransaction:
             },
         ).returning(profile_states.c.customer_id)  # RETURNING makes SQLAlchemy send one multi-row statement
         await self._connection.execute(statement, rows)
+        self.saved.update(
+            (customer_id, (self._locked.get(customer_id, 0) + 1, state)) for customer_id, state in states.items()
+        )
 
     async def update_memberships(self, entered: Sequence[Entered], left: Sequence[Left]) -> None:
         if entered:
@@ -183,14 +237,17 @@ class SqlIngestTransaction:
 class SqlProfileRepository:
     """Profile storage on SQLite or PostgreSQL through SQLAlchemy Core (one connection per call)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, cached_states: int = 10_000) -> None:
         self._engine = engine
         self._insert = insert_for(engine)
+        self._states = StateCache(cached_states)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqlIngestTransaction]:
         async with translate_errors("ingest events"), self._engine.begin() as connection:
-            yield SqlIngestTransaction(connection, self._insert)
+            tx = SqlIngestTransaction(connection, self._insert, self._states)
+            yield tx
+        self._states.keep(tx.saved)  # committed (an exception skips this: what the batch touched is not reused)
 
     async def load_state(self, customer_id: str) -> ProfileState | None:
         async with translate_errors("read profile"), self._engine.connect() as connection:

@@ -325,3 +325,40 @@ async def test_identity_down_fails_the_call_with_unavailable_and_applies_nothing
     await expect_error(missing, grpc.StatusCode.NOT_FOUND, "customer 'c-1'")
     # Batches that need no resolving still go through while identity is down.
     assert (await ingest(stub, known)).accepted == 1
+
+
+async def test_cached_states_are_reread_after_another_replica_wrote_and_dropped_after_a_failed_batch(
+    serve, database_url, tmp_path, identity_target, monkeypatch
+):
+    """The ingest path keeps the states it committed (checked by row version): two replicas writing the same
+    customer in turn never fold onto a stale state, and a batch that fails after folding leaves nothing behind."""
+    from services.profile.storage import SqlIngestTransaction
+
+    replicas = []
+    for _ in range(2):
+        _, channel = await serve(build(settings_for(database_url, tmp_path, identity_target)))
+        replicas.append(pb_grpc.ProfileServiceStub(channel))
+    first, second = replicas
+
+    async def orders() -> int:
+        reply = await first.GetProfile(pb.GetProfileRequest(customer_id="c-1"), timeout=5)
+        return reply.profile.traits.order_count
+
+    for i, stub in enumerate([first, second, first, first, second]):
+        reply = await ingest(stub, event(f"r-{i}", purchase=buy((1, 10.0, 10.0))))
+        assert reply.accepted == 1
+    assert await orders() == 5  # each replica re-read what the other wrote
+
+    original = SqlIngestTransaction.save_states
+
+    async def save_then_fail(self, states, now):
+        await original(self, states, now)
+        raise RuntimeError("connection lost before commit")
+
+    monkeypatch.setattr(SqlIngestTransaction, "save_states", save_then_fail)
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await ingest(first, event("r-failed", purchase=buy((1, 10.0, 10.0))))
+    assert failed.value.code() == grpc.StatusCode.INTERNAL
+    monkeypatch.setattr(SqlIngestTransaction, "save_states", original)
+    assert (await ingest(first, event("r-after", purchase=buy((1, 10.0, 10.0))))).accepted == 1
+    assert await orders() == 6  # the failed batch's folded state was not reused
