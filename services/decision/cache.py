@@ -58,8 +58,12 @@ class CustomerCache(Generic[K, V]):
         max_age_seconds: float,
         customer_of: Callable[[K, V], str | None] = _same_customer,
         clock: Callable[[], float] = time.monotonic,
+        keep_last_known: bool = False,
     ) -> None:
         self.name = name
+        #: Values dropped by a change (or by a lost feed), kept for `last_known`; only where a stale answer is
+        #: better than none (profiles, never consent).
+        self._last_known: OrderedDict[K, V] | None = OrderedDict() if keep_last_known else None
         self.stats = CacheStats()
         self._max_entries = max_entries
         self._max_age = max_age_seconds
@@ -87,6 +91,7 @@ class CustomerCache(Generic[K, V]):
                 self._entries.move_to_end(key)
                 self.stats.hits += 1
                 return value
+            self._remember(key, entry)
             self._drop(key)
         self.stats.misses += 1
         started = self._seq
@@ -97,6 +102,11 @@ class CustomerCache(Generic[K, V]):
                 self._store(key, value, customer_id)
         return value
 
+    def last_known(self, key: K) -> V | None:
+        """The value this cache held before its customer last changed (or its feed was lost), if it kept one: for
+        answering with a known-stale value when the owner cannot answer in time."""
+        return self._last_known.get(key) if self._last_known is not None else None
+
     def invalidate(self, customer_ids: Iterable[str]) -> None:
         """These customers changed: drop their entries and spoil fetches of them now in flight."""
         changed = frozenset(customer_ids)
@@ -104,7 +114,7 @@ class CustomerCache(Generic[K, V]):
         self._history.append((self._seq, changed))
         for customer_id in changed:
             for key in self._keys_of.pop(customer_id, ()):
-                self._entries.pop(key, None)
+                self._remember(key, self._entries.pop(key, None))
 
     def go_live(self) -> None:
         """The change stream is subscribed: entries may be stored from now on."""
@@ -115,8 +125,18 @@ class CustomerCache(Generic[K, V]):
         self._live = False
         self._seq += 1
         self._history.clear()  # with no history every in-flight fetch counts as raced
+        for key, entry in self._entries.items():
+            self._remember(key, entry)
         self._entries.clear()
         self._keys_of.clear()
+
+    def _remember(self, key: K, entry: tuple[V, float, str] | None) -> None:
+        if self._last_known is None or entry is None:
+            return
+        self._last_known[key] = entry[0]
+        self._last_known.move_to_end(key)
+        while len(self._last_known) > self._max_entries:
+            self._last_known.popitem(last=False)
 
     def _changed_since(self, seq: int, customer_id: str) -> bool:
         if seq == self._seq:
@@ -130,6 +150,8 @@ class CustomerCache(Generic[K, V]):
             self._drop(key)
         self._entries[key] = (value, self._clock() + self._max_age, customer_id)
         self._keys_of.setdefault(customer_id, set()).add(key)
+        if self._last_known is not None:
+            self._last_known.pop(key, None)  # superseded by a current value
         while len(self._entries) > self._max_entries:
             self._drop(next(iter(self._entries)))
 

@@ -70,8 +70,10 @@ class CustomerCaches:
         self.consents: CustomerCache[str, frozenset[tuple[str, str]]] = CustomerCache(
             "consents", max_customers, max_age_seconds
         )
+        # A profile a moment old beats treating a known customer as a stranger when profile cannot answer in time
+        # (it is busiest exactly when events pour in); consent is never served stale.
         self.profiles: CustomerCache[str, tuple[Traits, Mapping[str, float]] | None] = CustomerCache(
-            "profiles", max_customers, max_age_seconds
+            "profiles", max_customers, max_age_seconds, keep_last_known=True
         )
 
 
@@ -284,6 +286,8 @@ class DecisionService:
             _attempt(caches.profiles.get(customer_id, lambda: gateways.profile.profile(customer_id, timeout))),
             _attempt(caches.consents.get(customer_id, lambda: gateways.identity.consents(customer_id, timeout))),
         )
+        if profile_failure and (stale := caches.profiles.last_known(customer_id)) is not None:
+            profile, profile_failure = stale, "profile_stale"  # still degraded, but still this customer
         degraded.extend(reason for reason in (profile_failure, consent_failure) if reason)
         traits, features = profile if profile is not None else (Traits(), NO_FEATURES)
         return CustomerView(

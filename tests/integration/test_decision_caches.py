@@ -138,12 +138,24 @@ async def test_a_profile_event_reaches_the_next_decision(mesh):
     assert len(mesh.caches.profiles) == 1  # and the new profile is cached again
 
 
+async def test_a_profile_that_cannot_answer_falls_back_to_the_last_known_one_flagged_stale(mesh):
+    await mesh.ingest("e-gold", loyalty_change=ppb.LoyaltyChange(points_delta=500, tier=ppb.LOYALTY_TIER_GOLD))
+    await until(lambda: len(mesh.caches.profiles) == 0)
+    assert "gold-perk" in offer_ids(await mesh.decide())  # cached again, then...
+    await mesh.ingest("e-view", page_view=ppb.PageView(page="home"))  # ...changed: dropped, kept as last known
+    await until(lambda: len(mesh.caches.profiles) == 0)
+    await mesh.profile_server.stop()
+    reply = await mesh.decide()
+    assert list(reply.degraded_reasons) == ["profile_stale"]
+    assert "gold-perk" in offer_ids(reply)  # still treated as the gold customer, not as a stranger
+
+
 async def test_a_lost_feed_empties_and_bypasses_the_caches(mesh):
     await mesh.decide()
     assert len(mesh.caches.profiles) == 1
     await mesh.profile_server.stop()
     await until(lambda: not mesh.caches.profiles.live)
     assert len(mesh.caches.profiles) == 0
-    reply = await mesh.decide()  # the profile is down: degraded, never a stale cached profile
-    assert list(reply.degraded_reasons) == ["profile_unavailable"]
+    reply = await mesh.decide()  # the profile is down: never served from the cache as if current (and this new
+    assert list(reply.degraded_reasons) == ["profile_unavailable"]  # customer has no last-known profile either)
     assert mesh.caches.consents.live and len(mesh.caches.consents) == 1  # identity's feed is unaffected

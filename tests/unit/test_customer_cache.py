@@ -149,6 +149,18 @@ async def test_entries_expire_after_the_maximum_age():
     assert await cache.get("c-1", loader("v2")) == "v2"
 
 
+async def test_a_changed_or_lost_value_is_kept_as_last_known_only_where_asked():
+    kept, plain = live_cache(keep_last_known=True), live_cache()
+    for cache in (kept, plain):
+        await cache.get("c-1", loader("v1"))
+        cache.invalidate(["c-1"])
+    assert kept.last_known("c-1") == "v1" and plain.last_known("c-1") is None
+    await kept.get("c-1", loader("v2"))
+    assert kept.last_known("c-1") is None  # a current value supersedes it
+    kept.reset()  # the feed is lost
+    assert kept.last_known("c-1") == "v2" and len(kept) == 0
+
+
 async def test_zero_max_entries_turns_caching_off():
     cache = live_cache(max_entries=0)
     await cache.get("c-1", loader("v1"))
