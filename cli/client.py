@@ -361,12 +361,12 @@ async def cmd_stock(args: argparse.Namespace) -> int:
 # --- wiring ---------------------------------------------------------------------------------------------------
 
 
-def common_options() -> argparse.ArgumentParser:
+def common_options(timeout: float = 5.0) -> argparse.ArgumentParser:
     """--json, --target and --timeout, shared by every RPC command."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print the raw reply as JSON")
     common.add_argument("--target", help="host:port of the service (default: from settings)")
-    common.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds (default 5)")
+    common.add_argument("--timeout", type=float, default=timeout, help=f"deadline in seconds (default {timeout:g})")
     return common
 
 

@@ -7,7 +7,7 @@ import argparse
 from nextbest.common.v1 import common_pb2
 from nextbest.decision.v1 import decision_service_pb2 as decision_pb
 
-from cli.client import _call, _exit
+from cli.client import _call, _exit, common_options
 
 
 def format_explanation(reply: decision_pb.ExplainResponse) -> str:
@@ -62,9 +62,8 @@ async def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("explain", help="why a logged decision returned what it did (its stored trace)")
+    p = subparsers.add_parser(
+        "explain", parents=[common_options()], help="why a logged decision returned what it did (its stored trace)"
+    )
     p.add_argument("decision_id", help="the decision id returned by `nextbest decide` or `nextbest call`")
-    p.add_argument("--target", help="host:port of the decision service (default from NEXTBEST_DECISION_PORT)")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
-    p.add_argument("--json", action="store_true", help="print the raw answer as JSON")
     p.set_defaults(func=cmd_explain)

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from nextbest.scoring.v1 import scoring_service_pb2 as pb
 
-from cli.client import _call
+from cli.client import _call, common_options
 from libs.settings import load_settings
 
 _STATUS_FLAGS = {"candidate": pb.MODEL_STATUS_CANDIDATE, "challenger": pb.MODEL_STATUS_CHALLENGER,
@@ -28,41 +28,34 @@ def _status(value: int) -> str:
     return pb.ModelStatus.Name(value).removeprefix("MODEL_STATUS_").lower()
 
 
-def _rpc_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", help="scoring service host:port (default from NEXTBEST_HOST/NEXTBEST_SCORING_PORT)")
-    parser.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
-    parser.add_argument("--json", action="store_true", help="print the raw reply as JSON")
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     model = subparsers.add_parser("model", help="model lifecycle: list, show, promote, retire, train, compare")
     commands = model.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
+    rpc = common_options(timeout=10.0)  # as every client command has; 10 s: a promotion loads the model
 
-    listing = commands.add_parser("list", help="registered model versions, newest first per use case")
+    listing = commands.add_parser("list", parents=[rpc], help="registered model versions, newest first per use case")
     listing.add_argument("--use-case", default="", help="only this use case")
     listing.add_argument("--status", action="append", choices=sorted(_STATUS_FLAGS), default=[],
                          help="only this status (repeatable)")
-    _rpc_flags(listing)
     listing.set_defaults(func=cmd_list)
 
-    show = commands.add_parser("show", help="one version with its model card")
+    show = commands.add_parser("show", parents=[rpc], help="one version with its model card")
     show.add_argument("use_case")
     show.add_argument("version")
-    _rpc_flags(show)
     show.set_defaults(func=cmd_show)
 
-    promote = commands.add_parser("promote", help="make a version the champion, or the challenger with --challenger")
+    promote = commands.add_parser(
+        "promote", parents=[rpc], help="make a version the champion, or the challenger with --challenger"
+    )
     promote.add_argument("use_case")
     promote.add_argument("version")
     promote.add_argument("--challenger", type=float, metavar="SHARE",
                          help="promote to challenger scoring this share of customers (0 < SHARE <= 0.5)")
-    _rpc_flags(promote)
     promote.set_defaults(func=cmd_promote)
 
-    retire = commands.add_parser("retire", help="take a (non-champion) version out of service")
+    retire = commands.add_parser("retire", parents=[rpc], help="take a (non-champion) version out of service")
     retire.add_argument("use_case")
     retire.add_argument("version")
-    _rpc_flags(retire)
     retire.set_defaults(func=cmd_retire)
 
     train = commands.add_parser(
