@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PROTOS := $(shell find protos -name '*.proto')
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install protos run seed test test-unit test-integration test-e2e lint bench bench-quick clean
+.PHONY: install protos run seed certs test test-unit test-integration test-e2e test-fuzz lint bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,11 @@ run: install
 seed: install
 	$(BIN)/nextbest demo seed
 
-## test: every tier — unit, integration (SQLite and PostgreSQL), end-to-end
+## certs: a development CA and per-service TLS certificates in var/certs (offline; see README "Transport security")
+certs: install
+	$(BIN)/nextbest certs create --out var/certs
+
+## test: every tier — unit, integration (SQLite and PostgreSQL), fuzz, end-to-end
 test: install
 	$(BIN)/python -m pytest tests
 
@@ -43,6 +47,9 @@ test-integration: install
 	$(BIN)/python -m pytest tests/integration
 test-e2e: install
 	$(BIN)/python -m pytest tests/e2e
+## test-fuzz: every public RPC fuzzed with hypothesis (HYPOTHESIS_PROFILE=deep for a long run)
+test-fuzz: install
+	$(BIN)/python -m pytest tests/fuzz
 
 ## bench: the load benchmark of the whole mesh against a same-run fan-out baseline (results/ gets JSON + PNG)
 bench: install

@@ -28,8 +28,10 @@ from nextbest.profile.v1 import profile_service_pb2_grpc as profile_grpc
 from nextbest.scoring.v1 import scoring_service_pb2 as scoring_pb
 from nextbest.scoring.v1 import scoring_service_pb2_grpc as scoring_grpc
 
+from libs.clients import open_channel
 from libs.protoconv import to_duration
 from libs.settings import CommonSettings, load_settings
+from libs.tls import load_tls
 
 DEFAULT_PORTS = {"decision": 50050, "identity": 50051, "profile": 50052, "scoring": 50053, "inventory": 50054}
 STUBS: dict[str, Callable] = {
@@ -48,6 +50,7 @@ IDENTIFIER_FLAGS = {
     "cookie_id": common_pb2.IDENTIFIER_TYPE_COOKIE_ID,
     "payment_token_hash": common_pb2.IDENTIFIER_TYPE_PAYMENT_TOKEN_HASH,
 }
+WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
 CHANNELS = {"web": common_pb2.CHANNEL_WEB, "pos": common_pb2.CHANNEL_POS, "call_center": common_pb2.CHANNEL_CALL_CENTER}
 
 
@@ -56,8 +59,15 @@ def service_target(service: str) -> str:
     import os
 
     host = load_settings(CommonSettings).host
+    if host in WILDCARD_HOSTS:  # a bind-everything address is no destination; loopback is, and certificates name it
+        host = "127.0.0.1"
     port = os.environ.get(f"NEXTBEST_{service.upper()}_PORT", str(DEFAULT_PORTS[service]))
     return f"{host}:{port}"
+
+
+def cli_channel(target: str) -> grpc.aio.Channel:
+    """The CLI's channel to a running service: TLS (with a client certificate) when NEXTBEST_TLS_* are set."""
+    return open_channel(target, tls=load_tls(load_settings(CommonSettings)))
 
 
 def _to_dict(message: Message) -> dict:
@@ -87,7 +97,7 @@ def _print_tree(value: object, indent: int = 0) -> None:
 async def _call(args: argparse.Namespace, service: str, method: str, request: Message) -> Message | None:
     """Call one RPC; print the reply (JSON with --json); print the gRPC status and return None on error."""
     target = args.target or service_target(service)
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with cli_channel(target) as channel:
         stub = STUBS[service](channel)
         try:
             reply = await getattr(stub, method)(request, timeout=args.timeout)

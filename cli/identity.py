@@ -203,9 +203,9 @@ async def _resolve_online(target: str, files: list[LoadedFile], concurrency: int
     from nextbest.identity.v1 import identity_service_pb2 as pb
     from nextbest.identity.v1 import identity_service_pb2_grpc as pb_grpc
 
-    from libs.clients import open_channel
+    from cli.client import cli_channel
 
-    channel = open_channel(target)
+    channel = cli_channel(target)
     stub = pb_grpc.IdentityServiceStub(channel)
     gate = asyncio.Semaphore(max(1, concurrency))
 
@@ -230,10 +230,9 @@ async def _steward_call(args: argparse.Namespace, method: str, request) -> int:
     from google.protobuf import json_format
     from nextbest.identity.v1 import identity_service_pb2_grpc as pb_grpc
 
-    from cli.client import service_target
-    from libs.clients import open_channel
+    from cli.client import cli_channel, service_target
 
-    channel = open_channel(args.target or service_target("identity"))
+    channel = cli_channel(args.target or service_target("identity"))
     try:
         reply = await getattr(pb_grpc.IdentityServiceStub(channel), method)(request, timeout=10)
     except grpc.aio.AioRpcError as exc:

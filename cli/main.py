@@ -11,7 +11,7 @@ import sys
 #: Modules that add sub-commands; each has `register(subparsers)` and sets `func` on its parsers.
 COMMAND_MODULES = (
     "cli.client", "cli.mesh", "cli.demo", "cli.inventory", "cli.settings_doc", "cli.bench", "cli.identity",
-    "cli.model", "cli.explain", "cli.profile",
+    "cli.model", "cli.explain", "cli.profile", "cli.serve", "cli.certs", "cli.auth", "cli.report", "cli.ope",
 )
 
 

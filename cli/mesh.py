@@ -19,7 +19,8 @@ import grpc
 import orjson
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cli.client import DEFAULT_PORTS, service_target
+from cli.auth import mesh_credential_problem
+from cli.client import DEFAULT_PORTS, cli_channel, service_target
 from libs.settings import CommonSettings, load_settings
 
 #: Start order does not matter for correctness (callers degrade until a dependency is up); this is the log order.
@@ -43,7 +44,7 @@ def mesh_environment() -> dict[str, str]:
 async def wait_healthy(target: str, timeout: float) -> bool:
     """Poll the gRPC health service until it says SERVING (overall status, i.e. warm-up done)."""
     deadline = time.monotonic() + timeout
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with cli_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             try:
@@ -73,6 +74,10 @@ def _examples(data_dir: Path) -> list[str]:
 
 async def run_mesh(args: argparse.Namespace) -> int:
     common = load_settings(CommonSettings)
+    problem = mesh_credential_problem(common)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return 2
     if not args.no_seed:
         from cli.demo.seed import seed
 

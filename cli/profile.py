@@ -27,10 +27,11 @@ from libs.protoconv import from_timestamp
 from services.profile.importer import MappingError, Report, erp_events, parse_mapping, transaction_events
 
 
-def _target(args: argparse.Namespace) -> str:
-    from cli.client import service_target
+def _channel(args: argparse.Namespace) -> grpc.aio.Channel:
+    """A channel to the profile service (`--target`, else the settings), with TLS when NEXTBEST_TLS_* are set."""
+    from cli.client import cli_channel, service_target
 
-    return args.target or service_target("profile")
+    return cli_channel(args.target or service_target("profile"))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -150,7 +151,7 @@ async def _send(args: argparse.Namespace, report: Report) -> int:
             done = int(saved.get("acknowledged", 0))
             print(f"resuming after {done} acknowledged events")
     accepted = duplicates = rejected = 0
-    async with grpc.aio.insecure_channel(_target(args)) as channel:
+    async with _channel(args) as channel:
         stub = pb_grpc.ProfileServiceStub(channel)
         for start in range(done, len(events), max(1, args.batch)):
             batch = events[start : start + max(1, args.batch)]
@@ -212,7 +213,7 @@ async def _replay(args: argparse.Namespace) -> int:
         return 1
     for error in report.errors:
         print(f"skipped {error}", file=sys.stderr)
-    async with grpc.aio.insecure_channel(_target(args)) as channel:
+    async with _channel(args) as channel:
         stub = pb_grpc.ProfileServiceStub(channel)
         try:
             reply = await stub.StreamEvents(_paced(report.events, args.speed, max(1, args.batch)))
@@ -231,7 +232,7 @@ async def _replay(args: argparse.Namespace) -> int:
 
 
 async def _segments_call(args: argparse.Namespace, call) -> int:
-    async with grpc.aio.insecure_channel(_target(args)) as channel:
+    async with _channel(args) as channel:
         try:
             await call(pb_grpc.ProfileServiceStub(channel))
         except grpc.aio.AioRpcError as exc:

@@ -6,6 +6,7 @@ idempotent (STYLE: grpc/grpc examples/python/retry).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable
 
@@ -13,7 +14,10 @@ import grpc
 import orjson
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
+from libs.auth.client import bearer_token_interceptors
+from libs.settings import CommonSettings, load_settings
 from libs.telemetry import tracing_active
+from libs.tls import TlsMaterial
 
 
 def _service_config(idempotent: Iterable[tuple[str, str]]) -> str:
@@ -35,10 +39,16 @@ def _service_config(idempotent: Iterable[tuple[str, str]]) -> str:
     return orjson.dumps(config).decode()
 
 
-def open_channel(target: str, idempotent: Iterable[tuple[str, str]] = ()) -> grpc.aio.Channel:
+def open_channel(
+    target: str, idempotent: Iterable[tuple[str, str]] = (), tls: TlsMaterial | None = None
+) -> grpc.aio.Channel:
     """A channel to `target` ("host:port"), traced when tracing is active; retries UNAVAILABLE only for the given
-    (service, method)s."""
-    return grpc.aio.insecure_channel(
+    (service, method)s. With `tls` it verifies the server (and presents this process's certificate under mTLS)."""
+    if tls is None:
+        connect = grpc.aio.insecure_channel
+    else:
+        connect = functools.partial(grpc.aio.secure_channel, credentials=tls.channel_credentials())
+    return connect(
         target,
         options=[
             ("grpc.service_config", _service_config(idempotent)),
@@ -48,8 +58,14 @@ def open_channel(target: str, idempotent: Iterable[tuple[str, str]] = ()) -> grp
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 2_000),
         ],
-        interceptors=aio_client_interceptors() if tracing_active() else None,
+        interceptors=[*(aio_client_interceptors() if tracing_active() else []), *_credentials()] or None,
     )
+
+
+def _credentials() -> list[grpc.aio.ClientInterceptor]:
+    """Interceptors sending this process's API key (NEXTBEST_AUTH_TOKEN) on every call, when it has one."""
+    token = load_settings(CommonSettings).auth_token
+    return bearer_token_interceptors(token.get_secret_value()) if token else []
 
 
 class Budget:

@@ -32,7 +32,9 @@ def _json_dumps(value: object) -> str:
     return orjson.dumps(value).decode()
 
 
-def create_engine(url: str, *, pool_size: int = 12, hide_parameters: bool = False) -> AsyncEngine:
+def create_engine(
+    url: str, *, pool_size: int = 12, pool_timeout: float = 5.0, hide_parameters: bool = False
+) -> AsyncEngine:
     """The process's engine. SQLite gets WAL and a busy timeout so readers never block the writer.
 
     `hide_parameters` keeps bound values out of driver error messages (and so out of logged stack traces): for
@@ -70,7 +72,7 @@ def create_engine(url: str, *, pool_size: int = 12, hide_parameters: bool = Fals
         # (≈4% of identity's CPU in the benchmark) per burst. Requests wait for a pooled connection instead.
         pool_size=pool_size,
         max_overflow=0,
-        pool_timeout=5,
+        pool_timeout=pool_timeout,
         pool_recycle=1800,
         connect_args=connect_args,
         # JSON columns (profile state, decision traces) are on hot paths: orjson is ~10x faster than json.

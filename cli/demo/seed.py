@@ -271,7 +271,13 @@ async def _load_customers(retailer: Retailer, settings: _Settings, report: SeedR
     identity_server = _IdentityProcess(settings.identity)
     try:
         identity_port = await identity_server.start()
-        profile_settings = settings.profile.model_copy(update={"identity_target": f"127.0.0.1:{identity_port}"})
+        # The seed's servers live on loopback for this run only and are plaintext, whatever NEXTBEST_TLS_* say.
+        plaintext = settings.profile.common.model_copy(
+            update={"tls_cert_file": None, "tls_key_file": None, "tls_ca_file": None}
+        )
+        profile_settings = settings.profile.model_copy(
+            update={"identity_target": f"127.0.0.1:{identity_port}", "common": plaintext}
+        )
         profile_server = GrpcServer(build_profile(profile_settings), "127.0.0.1", 0, grace=1.0)
         try:
             profile_port = await profile_server.start()

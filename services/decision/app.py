@@ -6,13 +6,17 @@ from datetime import timedelta
 from pathlib import Path
 
 from nextbest.decision.v1 import decision_service_pb2_grpc as pb_grpc
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.db import create_engine, migrate
+from libs.metrics import meter
 from libs.server import Registration, ServiceApp
+from libs.tls import load_tls
 from services.decision.cache import ChangeSubscription
 from services.decision.catalogue import CatalogueError, load_catalogue
 from services.decision.domain.arbitration import ArbitrationPolicy
 from services.decision.gateways import Gateways
+from services.decision.metrics import DecisionMetrics
 from services.decision.orchestrator import CustomerCaches, DecisionPolicy, DecisionService
 from services.decision.outbox import OutcomeForwarder
 from services.decision.servicer import DecisionServicer
@@ -22,11 +26,20 @@ from services.decision.storage import DecisionRepository
 FULL_NAME = "nextbest.decision.v1.DecisionService"
 
 
+async def migrate_schema(engine: AsyncEngine) -> None:
+    """Upgrade this service's tables to the newest revision: at start-up, or from `nextbest migrate`."""
+    await migrate(engine, Path(__file__).parent / "migrations", "alembic_version_decision")
+
+
 def build(settings: DecisionSettings) -> ServiceApp:
-    engine = create_engine(settings.resolved_database_url)
+    engine = create_engine(settings.resolved_database_url, **settings.common.db_pool)
     repository = DecisionRepository(engine)
     gateways = Gateways(
-        settings.identity_target, settings.profile_target, settings.scoring_target, settings.inventory_target
+        settings.identity_target,
+        settings.profile_target,
+        settings.scoring_target,
+        settings.inventory_target,
+        tls=load_tls(settings.common),
     )
     forwarder = OutcomeForwarder(
         repository, gateways.profile, settings.outbox_batch_size, settings.outbox_interval_seconds
@@ -51,7 +64,10 @@ def build(settings: DecisionSettings) -> ServiceApp:
         control_salt=settings.control_salt,
     )
     caches = CustomerCaches(settings.cache_max_customers, settings.cache_max_age_seconds)
-    service = DecisionService(gateways, repository, policy, on_new_outcome=forwarder.wake, caches=caches)
+    metrics = DecisionMetrics(meter("nextbest.decision"), [caches.resolutions, caches.consents, caches.profiles])
+    service = DecisionService(
+        gateways, repository, policy, on_new_outcome=forwarder.wake, caches=caches, metrics=metrics
+    )
     # Each owner's change feed keeps its caches exact; with caching off there is nothing to subscribe to.
     subscriptions = (
         [
@@ -75,7 +91,8 @@ def build(settings: DecisionSettings) -> ServiceApp:
             service.use_catalogue(load_catalogue(settings.resolved_catalogue_dir))
         except CatalogueError as exc:
             raise SystemExit(f"decision: invalid offer catalogue: {exc}") from exc
-        await migrate(engine, Path(__file__).parent / "migrations", "alembic_version_decision")
+        if settings.common.migrate_on_start:
+            await migrate_schema(engine)
         await service.load_budgets()
         gateways.open()  # channels belong to the serving event loop, so they open here, not in build
         for subscription in subscriptions:

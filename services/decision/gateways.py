@@ -25,6 +25,7 @@ from nextbest.scoring.v1 import scoring_service_pb2_grpc as scoring_grpc
 from libs.clients import open_channel
 from libs.errors import InvalidArgument
 from libs.protoconv import to_timestamp
+from libs.tls import TlsMaterial
 from services.decision.convert import (
     CHANNEL_NAMES,
     CONSENT_PURPOSE_NAMES,
@@ -54,12 +55,14 @@ class _Gateway:
     #: Methods safe to retry on UNAVAILABLE (all reads, and writes that are idempotent by key).
     idempotent: tuple[str, ...] = ()
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, tls: TlsMaterial | None = None) -> None:
         self.target = target
+        self.tls = tls
         self._channel: grpc.aio.Channel | None = None
 
     def open(self) -> None:
-        self._channel = open_channel(self.target, idempotent=[(self.full_name, m) for m in self.idempotent])
+        idempotent = [(self.full_name, m) for m in self.idempotent]
+        self._channel = open_channel(self.target, idempotent=idempotent, tls=self.tls)
         self._channel.get_state(try_to_connect=True)  # start connecting now, without waiting for it
         self._bind(self._channel)
 
@@ -140,7 +143,9 @@ class ProfileGateway(_Gateway):
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return None
             raise DependencyError("profile_unavailable", exc) from exc
-        return traits_from_proto(reply.profile.traits), MappingProxyType(dict(reply.features))
+        profile = reply.profile
+        segments = (m.segment for m in profile.segments)
+        return traits_from_proto(profile.traits, segments), MappingProxyType(dict(reply.features))
 
     async def watch_changes(self) -> AsyncIterator[list[str]]:
         """Ids of customers whose profile changed; `[]` first, once subscribed."""
@@ -168,7 +173,7 @@ class ProfileGateway(_Gateway):
         return {r.index: f"{r.field}: {r.reason}" for r in reply.rejected}
 
 
-def traits_from_proto(traits: Any) -> Traits:
+def traits_from_proto(traits: Any, segments: Iterable[str] = ()) -> Traits:
     prefs = traits.preferences
     return Traits(
         loyalty_tier=LOYALTY_TIER_NAMES.get(traits.loyalty_tier, "none"),
@@ -182,6 +187,7 @@ def traits_from_proto(traits: Any) -> Traits:
         open_service_issues=traits.open_service_issues,
         cart_skus=tuple(line.sku for line in traits.cart),
         preferences=Preferences(tuple(prefs.sizes), tuple(prefs.colours), prefs.shipping_method),
+        segments=tuple(sorted(segments)),
     )
 
 
@@ -244,13 +250,20 @@ class InventoryGateway(_Gateway):
 
 
 class Gateways:
-    """The four gateways, opened and closed together."""
+    """The four gateways, opened and closed together; `tls` secures all four channels (None: plaintext)."""
 
-    def __init__(self, identity_target: str, profile_target: str, scoring_target: str, inventory_target: str) -> None:
-        self.identity = IdentityGateway(identity_target)
-        self.profile = ProfileGateway(profile_target)
-        self.scoring = ScoringGateway(scoring_target)
-        self.inventory = InventoryGateway(inventory_target)
+    def __init__(
+        self,
+        identity_target: str,
+        profile_target: str,
+        scoring_target: str,
+        inventory_target: str,
+        tls: TlsMaterial | None = None,
+    ) -> None:
+        self.identity = IdentityGateway(identity_target, tls)
+        self.profile = ProfileGateway(profile_target, tls)
+        self.scoring = ScoringGateway(scoring_target, tls)
+        self.inventory = InventoryGateway(inventory_target, tls)
         self._all = (self.identity, self.profile, self.scoring, self.inventory)
 
     def open(self) -> None:

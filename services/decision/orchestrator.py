@@ -17,10 +17,14 @@ from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from opentelemetry import trace
+from opentelemetry.trace import Tracer
+
 from libs.clients import Budget
 from libs.db import as_utc
 from libs.errors import FailedPrecondition, InvalidArgument, NextBestError, NotFound, ResourceExhausted
 from libs.protoconv import utcnow
+from libs.telemetry import tracer
 from services.decision.cache import CustomerCache
 from services.decision.catalogue import BudgetCap, Catalogue
 from services.decision.domain import contact
@@ -43,10 +47,17 @@ from services.decision.domain.model import (
 )
 from services.decision.domain.pipeline import Conclusion, Scores, conclude, request_context
 from services.decision.domain.priority import call_priority
+from services.decision.domain.report import ReportQuery, ReportRow, report_rows
 from services.decision.domain.stock import products_to_check
-from services.decision.domain.validation import validate_customer, validate_decide, validate_outcome
+from services.decision.domain.validation import (
+    validate_customer,
+    validate_decide,
+    validate_outcome,
+    validate_report,
+)
 from services.decision.features import offer_features
 from services.decision.gateways import DependencyError, Gateways
+from services.decision.metrics import DecisionMetrics
 from services.decision.storage import ContactRow, DecisionRepository
 
 log = logging.getLogger("nextbest.decision")
@@ -116,11 +127,29 @@ async def _attempt(call: Awaitable[T]) -> tuple[T | None, str | None]:
         return await call, None
     except DependencyError as exc:
         log.warning("dependency failed: %s", exc, extra={"reason": exc.reason})
+        trace.get_current_span().add_event("degraded", {"nextbest.reason": exc.reason})
         return None, exc.reason
 
 
 async def _skipped() -> tuple[None, None]:
     return None, None
+
+
+async def _in_span(tracer: Tracer, name: str, call: Awaitable[T], attributes: dict[str, Any]) -> T:
+    """Await `call` in its own span, opened inside the task `gather` runs it in, so parallel stages nest under the
+    decision and their outbound calls under them."""
+    with tracer.start_as_current_span(name, attributes=attributes):
+        return await call
+
+
+def _noting_miss(misses: list[str], cache: str, load: Callable[[], Awaitable[T]]) -> Callable[[], Awaitable[T]]:
+    """`load`, noting in `misses` that `cache` had to call it (for the stage's span)."""
+
+    def noted() -> Awaitable[T]:
+        misses.append(cache)
+        return load()
+
+    return noted
 
 
 def _spent(budget: BudgetCap, accepts: int, spend: float) -> bool:
@@ -156,11 +185,14 @@ class DecisionService:
         policy: DecisionPolicy,
         on_new_outcome: Callable[[], None] = lambda: None,
         caches: CustomerCaches | None = None,
+        metrics: DecisionMetrics | None = None,
     ) -> None:
         self.gateways = gateways
         self.repository = repository
         self.policy = policy
         self.caches = caches or CustomerCaches()
+        self.metrics = metrics or DecisionMetrics()
+        self._tracer = tracer("nextbest.decision")  # a no-op one unless tracing is active
         self._on_new_outcome = on_new_outcome
         self._catalogue: Catalogue | None = None
         self._contact_lookback: timedelta | None = None
@@ -250,6 +282,8 @@ class DecisionService:
             inserted = status == "inserted"
         else:
             inserted = await self.repository.insert_outcome(row)
+        if inserted:
+            self.metrics.outcome(outcome.offer_id, outcome.type)
         if inserted and customer_id:
             self._on_new_outcome()
         return not inserted
@@ -265,29 +299,51 @@ class DecisionService:
             raise NotFound(f"decision {decision_id} not found")
         return explanation({**row, "created_at": as_utc(row["created_at"])})
 
+    async def report(self, query: ReportQuery) -> list[ReportRow]:
+        """Acceptance, revenue and uplift over control per group (aggregated in SQL; not on the Decide path)."""
+        validate_report(query)
+        return report_rows(await self.repository.report_totals(query), query.min_sample)
+
     async def _customer(self, ref: CustomerRef, plan: _Plan, degraded: list[str]) -> CustomerView:
         """Resolve the customer, then read their profile and consent in parallel."""
         customer_id = ref.customer_id
         gateways, caches = self.gateways, self.caches
         if not customer_id:
             key = tuple(sorted(ref.identifiers))
-            resolved, failure = await _attempt(
-                caches.resolutions.get(
-                    key, lambda: gateways.identity.resolve(ref.identifiers, plan.early_timeout(), field="customer")
-                )
+            misses: list[str] = []
+            resolve = _noting_miss(
+                misses,
+                "resolutions",
+                lambda: gateways.identity.resolve(ref.identifiers, plan.early_timeout(), field="customer"),
             )
+            with self._tracer.start_as_current_span("decision.resolve") as span:
+                resolved, failure = await _attempt(caches.resolutions.get(key, resolve))
+                span.set_attributes(
+                    {
+                        "nextbest.identifier_types": [kind for kind, _ in ref.identifiers],
+                        "nextbest.resolved": bool(resolved),
+                        "nextbest.cache_misses": misses,
+                    }
+                )
             if failure:
                 degraded.append(failure)  # carry on as an anonymous visitor
             customer_id = resolved or ""
         if not customer_id:
             return ANONYMOUS
         timeout = plan.early_timeout()
-        (profile, profile_failure), (consents, consent_failure) = await asyncio.gather(
-            _attempt(caches.profiles.get(customer_id, lambda: gateways.profile.profile(customer_id, timeout))),
-            _attempt(caches.consents.get(customer_id, lambda: gateways.identity.consents(customer_id, timeout))),
-        )
-        if profile_failure and (stale := caches.profiles.last_known(customer_id)) is not None:
-            profile, profile_failure = stale, "profile_stale"  # still degraded, but still this customer
+        misses = []
+        read_profile = _noting_miss(misses, "profiles", lambda: gateways.profile.profile(customer_id, timeout))
+        read_consents = _noting_miss(misses, "consents", lambda: gateways.identity.consents(customer_id, timeout))
+        with self._tracer.start_as_current_span("decision.customer") as span:
+            (profile, profile_failure), (consents, consent_failure) = await asyncio.gather(
+                _attempt(caches.profiles.get(customer_id, read_profile)),
+                _attempt(caches.consents.get(customer_id, read_consents)),
+            )
+            if profile_failure and (stale := caches.profiles.last_known(customer_id)) is not None:
+                profile, profile_failure = stale, "profile_stale"  # still degraded, but still this customer
+            span.set_attributes(
+                {"nextbest.customer_id": customer_id, "nextbest.known": profile is not None, "nextbest.cache_misses": misses}
+            )
         degraded.extend(reason for reason in (profile_failure, consent_failure) if reason)
         traits, features = profile if profile is not None else (Traits(), NO_FEATURES)
         return CustomerView(
@@ -303,39 +359,70 @@ class DecisionService:
     ) -> tuple[Conclusion, Scores | None]:
         """Screen the catalogue, score and check stock in parallel, then conclude (pure)."""
         catalogue = self.catalogue
-        screening = screen(catalogue, channel, ctx, customer, utcnow())
-        product_ids = products_to_check(screening.eligible, channel, ctx, catalogue)
+        with self._tracer.start_as_current_span("decision.eligibility") as span:
+            screening = screen(catalogue, channel, ctx, customer, utcnow())
+            product_ids = products_to_check(screening.eligible, channel, ctx, catalogue)
+            span.set_attributes(
+                {
+                    "nextbest.channel": channel,
+                    "nextbest.catalogue_version": catalogue.version,
+                    "nextbest.offers.catalogue": len(catalogue.offers),
+                    "nextbest.offers.eligible": len(screening.eligible),
+                    "nextbest.products_to_check": len(product_ids),
+                }
+            )
         timeout = plan.last_timeout()
         if screening.eligible:
             features = request_context(channel, ctx)
             candidates = [(o.id, offer_features(o, features, catalogue)) for o in screening.eligible]
-            scoring = _attempt(
-                self.gateways.scoring.score(customer.customer_id, customer.features, candidates, timeout)
+            scoring = _in_span(
+                self._tracer,
+                "decision.scoring",
+                _attempt(self.gateways.scoring.score(customer.customer_id, customer.features, candidates, timeout)),
+                {"nextbest.candidates": len(candidates)},
             )
         else:
             scoring = _skipped()
-        inventory = _attempt(self._stock(channel, ctx, product_ids, timeout)) if product_ids else _skipped()
+        inventory = (
+            _in_span(
+                self._tracer,
+                "decision.inventory",
+                _attempt(self._stock(channel, ctx, product_ids, timeout)),
+                {"nextbest.products": len(product_ids)},
+            )
+            if product_ids
+            else _skipped()
+        )
         now = utcnow()
+        policies = self._policy_removals(screening.eligible, channel, customer, now, degraded)
         (scores, scoring_failure), (levels, inventory_failure), removals = await asyncio.gather(
-            scoring, inventory, self._policy_removals(screening.eligible, channel, customer, now, degraded)
+            scoring, inventory, _in_span(self._tracer, "decision.contact_policies", policies, {})
         )
         degraded.extend(reason for reason in (scoring_failure, inventory_failure) if reason)
-        screening = without(screening, removals)
-        conclusion = conclude(
-            catalogue=catalogue,
-            channel=channel,
-            ctx=ctx,
-            customer=customer,
-            screening=screening,
-            scores=scores,
-            stock=None if inventory_failure else StockView(levels or ()),
-            warehouse_id=self.policy.warehouse_id,
-            policy=self.policy.arbitration,
-            max_offers=max_offers,
-            arm=arm_of(customer.customer_id, self.policy.control_share, self.policy.control_salt),
-            control_offer=self.policy.control_offer,
-            rng=self._rng,
-        )
+        with self._tracer.start_as_current_span("decision.arbitration") as span:
+            conclusion = conclude(
+                catalogue=catalogue,
+                channel=channel,
+                ctx=ctx,
+                customer=customer,
+                screening=without(screening, removals),
+                scores=scores,
+                stock=None if inventory_failure else StockView(levels or ()),
+                warehouse_id=self.policy.warehouse_id,
+                policy=self.policy.arbitration,
+                max_offers=max_offers,
+                arm=arm_of(customer.customer_id, self.policy.control_share, self.policy.control_salt),
+                control_offer=self.policy.control_offer,
+                rng=self._rng,
+            )
+            span.set_attributes(
+                {
+                    "nextbest.offers.removed_by_policy": len(removals),
+                    "nextbest.offers.returned": len(conclusion.offers),
+                    "nextbest.no_offer_reason": conclusion.no_offer_reason,
+                    "nextbest.model_version": scores.model_version if scores is not None else "",
+                }
+            )
         return conclusion, scores
 
     async def _policy_removals(
@@ -358,6 +445,7 @@ class DecisionService:
         except NextBestError as exc:
             # Without the history the caps cannot be checked: leave the capped offers out (never over-contact).
             log.warning("contact history unavailable: %s", exc)
+            trace.get_current_span().add_event("degraded", {"nextbest.reason": "contact_history_unavailable"})
             degraded.append("contact_history_unavailable")
             removals.update({o.id: ("contact_history_unknown", "contact history unreadable") for o in limited})
             return removals
@@ -430,19 +518,37 @@ class DecisionService:
             }
             for o in decision.offers
         ]
-        await self.repository.save_decision(
-            {
-                "decision_id": decision.decision_id,
-                "customer_id": decision.customer_id,
-                "channel": channel,
-                "created_at": decision.decided_at,
-                "request": request,
-                "offers": offers,
-                "degraded": decision.degraded,
-                "degraded_reasons": list(decision.degraded_reasons),
-                "catalogue_version": decision.catalogue_version,
-                "model_version": decision.model_version,
-                "trace": conclusion.trace,
-            }
-        )
+        with self._tracer.start_as_current_span("decision.persist"):
+            await self.repository.save_decision(
+                {
+                    "decision_id": decision.decision_id,
+                    "customer_id": decision.customer_id,
+                    "channel": channel,
+                    "created_at": decision.decided_at,
+                    "request": request,
+                    "offers": offers,
+                    "degraded": decision.degraded,
+                    "degraded_reasons": list(decision.degraded_reasons),
+                    "catalogue_version": decision.catalogue_version,
+                    "model_version": decision.model_version,
+                    "trace": conclusion.trace,
+                    # As they were now, so the report can group by segment without reading today's memberships.
+                    "segments": list(customer.traits.segments),
+                }
+            )
+        self.metrics.decided(decision)
+        span = trace.get_current_span()  # the RPC's server span: the decision's summary, for finding it in a trace
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    "nextbest.decision_id": decision.decision_id,
+                    "nextbest.customer_id": decision.customer_id,
+                    "nextbest.channel": channel,
+                    "nextbest.offers.returned": len(decision.offers),
+                    "nextbest.degraded_reasons": decision.degraded_reasons,
+                    "nextbest.catalogue_version": decision.catalogue_version,
+                    "nextbest.model_version": decision.model_version,
+                    "nextbest.arm": decision.arm,
+                }
+            )
         return decision

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 
 import grpc
 from nextbest.common.v1 import common_pb2
@@ -10,7 +11,8 @@ from nextbest.decision.v1 import decision_service_pb2 as pb
 from nextbest.decision.v1 import decision_service_pb2_grpc as pb_grpc
 
 from libs.clients import Budget
-from libs.protoconv import from_timestamp, to_timestamp
+from libs.errors import InvalidArgument
+from libs.protoconv import from_timestamp, to_timestamp, utcnow
 from services.decision.convert import (
     CALL_TIER_NUMBERS,
     CHANNEL_NAMES,
@@ -18,6 +20,7 @@ from services.decision.convert import (
     OFFER_FATE_NUMBERS,
     OFFER_TYPE_NUMBERS,
     OUTCOME_TYPE_NAMES,
+    REPORT_DIMENSION_NAMES,
 )
 from services.decision.domain.model import (
     CartLine,
@@ -27,6 +30,7 @@ from services.decision.domain.model import (
     DecideInput,
     OutcomeInput,
 )
+from services.decision.domain.report import DEFAULT_MIN_SAMPLE, Interval, ReportQuery, ReportRow
 from services.decision.orchestrator import DecisionService
 
 
@@ -65,6 +69,69 @@ def ranked_offer(offer: DecidedOffer) -> pb.RankedOffer:
         message.prefill.CopyFrom(
             pb.CartPrefill(
                 sku=p.sku, quantity=p.quantity, size=p.size, colour=p.colour, shipping_method=p.shipping_method
+            )
+        )
+    return message
+
+
+def _time(request: pb.GetReportRequest | pb.RecordOutcomeRequest, field: str) -> datetime | None:
+    if not request.HasField(field):
+        return None
+    try:
+        return from_timestamp(getattr(request, field))
+    except (ValueError, OverflowError) as exc:  # seconds beyond what a datetime holds
+        raise InvalidArgument(field, "not a valid timestamp") from exc
+
+
+def report_query(request: pb.GetReportRequest) -> ReportQuery:
+    start = _time(request, "start_time")
+    if start is None:
+        raise InvalidArgument("start_time", "required")
+    return ReportQuery(
+        start=start,
+        end=_time(request, "end_time") or utcnow(),
+        group_by=tuple(REPORT_DIMENSION_NAMES.get(d, "unknown") for d in request.group_by),
+        channel=CHANNEL_NAMES.get(request.channel, "unknown") if request.channel else "",
+        offer_id=request.offer_id,
+        min_sample=request.min_sample or DEFAULT_MIN_SAMPLE,
+    )
+
+
+def estimate(interval: Interval) -> pb.Estimate:
+    value, low, high = interval
+    return pb.Estimate(value=value, low=low, high=high)
+
+
+def report_row(row: ReportRow) -> pb.ReportRow:
+    key = dict(row.key)
+    message = pb.ReportRow(
+        key=pb.ReportKey(
+            offer_id=key.get("offer", ""),
+            channel=CHANNEL_NUMBERS.get(key.get("channel", ""), 0),
+            segment=key.get("segment", ""),
+            model_version=key.get("model_version", ""),
+            arm=key.get("arm", ""),
+            catalogue_version=key.get("catalogue_version", ""),
+        ),
+        decisions=row.units,
+        customers=row.customers,
+        impressions=row.impressions,
+        clicks=row.clicks,
+        accepts=row.accepts,
+        purchases=row.purchases,
+        acceptance_rate=estimate(row.acceptance_rate),
+        revenue=row.revenue,
+        revenue_per_decision=estimate(row.revenue_per_decision),
+        below_min_sample=row.below_min_sample,
+    )
+    if row.uplift is not None:
+        u = row.uplift
+        message.uplift.CopyFrom(
+            pb.Uplift(
+                treatment_decisions=u.treatment_units,
+                control_decisions=u.control_units,
+                acceptance=estimate(u.acceptance),
+                revenue_per_decision=estimate(u.revenue_per_decision),
             )
         )
     return message
@@ -133,6 +200,16 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             arm=found.arm,
         )
 
+    async def GetReport(self, request: pb.GetReportRequest, context: grpc.aio.ServicerContext) -> pb.GetReportResponse:
+        query = report_query(request)
+        rows = await self._service.report(query)
+        return pb.GetReportResponse(
+            rows=[report_row(row) for row in rows],
+            start_time=to_timestamp(query.start),
+            end_time=to_timestamp(query.end),
+            min_sample=query.min_sample,
+        )
+
     async def RecordOutcome(
         self, request: pb.RecordOutcomeRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecordOutcomeResponse:
@@ -142,7 +219,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 decision_id=request.decision_id,
                 offer_id=request.offer_id,
                 type=OUTCOME_TYPE_NAMES.get(request.type, "unknown"),
-                occurred_at=from_timestamp(request.occurred_at) if request.HasField("occurred_at") else None,
+                occurred_at=_time(request, "occurred_at"),  # out of range: INVALID_ARGUMENT naming it
                 revenue=request.revenue,
             )
         )

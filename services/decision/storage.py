@@ -25,13 +25,20 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    case,
+    column,
+    distinct,
+    func,
     select,
+    true,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.db import as_utc, insert_for, reader, translate_errors
+from services.decision.domain.experiment import CONTROL, TREATMENT
 from services.decision.domain.model import PendingOutcome
+from services.decision.domain.report import ACCEPTED_OUTCOMES, ArmTotals, GroupTotals, ReportQuery
 
 metadata = MetaData()
 
@@ -49,6 +56,8 @@ decisions = Table(
     Column("catalogue_version", String(64), nullable=False),
     Column("model_version", String(64), nullable=False),
     Column("trace", JSON, nullable=False),
+    #: The customer's profile segments at decision time (migration 0003; NULL for decisions logged before it).
+    Column("segments", JSON, nullable=True),
 )
 Index("ix_decision_decisions_customer_created", decisions.c.customer_id, decisions.c.created_at)
 Index("ix_decision_decisions_created", decisions.c.created_at)
@@ -247,6 +256,26 @@ class DecisionRepository:
             for r in rows
         ]
 
+    async def report_totals(self, query: ReportQuery) -> list[GroupTotals]:
+        """Counts and revenue sums per group and arm for the report, aggregated in the database (two nested
+        GROUP BYs over the window's decisions, found through the created_at index), never row by row in Python."""
+        async with translate_errors("decision log"), reader(self.engine).connect() as conn:
+            rows = (await conn.execute(_report_statement(query, conn.dialect.name))).all()
+        dimensions = query.group_by
+        return [
+            GroupTotals(
+                key={dimension: row[index] or "" for index, dimension in enumerate(dimensions)},
+                customers=row.customers,
+                impressions=row.impressions or 0,
+                clicks=row.clicks or 0,
+                purchases=row.purchases or 0,
+                treatment=ArmTotals(row.t_units or 0, row.t_accepts or 0, row.t_revenue or 0.0, row.t_revenue_sq or 0.0),
+                control=ArmTotals(row.c_units or 0, row.c_accepts or 0, row.c_revenue or 0.0, row.c_revenue_sq or 0.0),
+            )
+            for row in rows
+            if row.t_units or row.c_units  # without GROUP BY an empty window still yields one all-NULL row
+        ]
+
     async def pending_outcomes(self, limit: int) -> list[PendingOutcome]:
         """The oldest outcomes not yet forwarded to the profile service."""
         statement = (
@@ -293,3 +322,97 @@ class DecisionRepository:
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(decisions).where(decisions.c.decision_id == decision_id))).first()
         return dict(row._mapping) if row is not None else None
+
+
+def _json_elements(array: Any, dialect: str, name: str, value_type: Any) -> Any:
+    """A JSON array column as a table of its elements (column `value`), joinable to the row it came from.
+
+    The one dialect-specific piece of the report: SQLite's json_each and PostgreSQL's json_array_elements[_text] are
+    both implicitly lateral, so a JOIN to them may refer to the decision row on its left.
+    """
+    if dialect == "postgresql":
+        function = func.json_array_elements_text if value_type is String else func.json_array_elements
+    else:
+        function = func.json_each
+    return function(array).table_valued(column("value", value_type)).alias(name)
+
+
+def _report_statement(query: ReportQuery, dialect: str) -> Any:
+    """Inner query: one row per unit (a decision, or a showing of an offer; times each segment when grouped by it)
+    with its group values, arm, outcome flags and revenue. Outer query: per group, units and sums per arm."""
+    source = decisions
+    group_values: dict[str, Any] = {
+        "channel": decisions.c.channel,
+        "model_version": decisions.c.model_version,
+        "catalogue_version": decisions.c.catalogue_version,
+        # The arm is in the stored trace; decisions from before the control group existed were all treatment.
+        "arm": func.coalesce(decisions.c.trace["arm"].as_string(), TREATMENT),
+    }
+    outcome_join = outcomes.c.decision_id == decisions.c.decision_id
+    if query.per_offer:
+        shown = _json_elements(decisions.c.offers, dialect, "shown", JSON)
+        offer_id = shown.c.value["offer_id"].as_string()
+        source = source.join(shown, true())
+        group_values["offer"] = offer_id
+        outcome_join &= outcomes.c.offer_id == offer_id
+    if "segment" in query.group_by:
+        segment = _json_elements(decisions.c.segments, dialect, "segment", String)
+        source = source.outerjoin(segment, true())  # customers in no segment stay, under ""
+        group_values["segment"] = func.coalesce(segment.c.value, "")
+    source = source.outerjoin(outcomes, outcome_join)
+
+    def has(*types: str) -> Any:
+        return func.max(case((outcomes.c.type.in_(types), 1), else_=0))
+
+    # Grouped by their labels: PostgreSQL would not match an expression repeated with its own bound parameters.
+    wanted = [group_values[dimension].label(dimension) for dimension in query.group_by]
+    is_control = (group_values["arm"] == CONTROL).label("is_control")
+    conditions = [decisions.c.created_at >= query.start, decisions.c.created_at < query.end]
+    if query.channel:
+        conditions.append(decisions.c.channel == query.channel)
+    if query.offer_id:
+        conditions.append(group_values["offer"] == query.offer_id)
+    units = (
+        select(
+            *wanted,
+            is_control,
+            decisions.c.customer_id,
+            has("impression").label("impression"),
+            has("click").label("click"),
+            has(*ACCEPTED_OUTCOMES).label("accepted"),
+            has("purchase").label("purchase"),
+            func.coalesce(func.sum(outcomes.c.revenue), 0.0).label("revenue"),
+        )
+        .select_from(source)
+        .where(*conditions)
+        # A unit is a decision (primary key), times its offer and segment when those are grouped by; with an
+        # offer_id filter each decision has one showing left. The other columns depend on the decision.
+        .group_by(decisions.c.decision_id, *wanted, is_control, decisions.c.customer_id)
+        .subquery("units")
+    )
+
+    def per_arm(control: bool, value: Any) -> Any:
+        return func.sum(case((units.c.is_control == control, value), else_=0))
+
+    keys = [units.c[dimension] for dimension in query.group_by]
+    return (
+        select(
+            *keys,
+            func.count(distinct(func.nullif(units.c.customer_id, ""))).label("customers"),
+            func.sum(units.c.impression).label("impressions"),
+            func.sum(units.c.click).label("clicks"),
+            func.sum(units.c.purchase).label("purchases"),
+            *(
+                per_arm(control, value).label(f"{prefix}_{name}")
+                for prefix, control in (("t", False), ("c", True))
+                for name, value in (
+                    ("units", 1),
+                    ("accepts", units.c.accepted),
+                    ("revenue", units.c.revenue),
+                    ("revenue_sq", units.c.revenue * units.c.revenue),
+                )
+            ),
+        )
+        .group_by(*keys)
+        .order_by(*keys)
+    )

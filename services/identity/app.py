@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from nextbest.identity.v1 import identity_service_pb2_grpc as pb_grpc
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.db import create_engine, migrate
 from libs.server import Registration, ServiceApp
@@ -19,11 +20,16 @@ _log = logging.getLogger(__name__)
 _WARM_UP_IDENTIFIER = Identifier(IdentifierKind.EMAIL, "warm-up@nextbest.invalid")
 
 
+async def migrate_schema(engine: AsyncEngine) -> None:
+    """Upgrade this service's tables to the newest revision: at start-up, or from `nextbest migrate`."""
+    await migrate(engine, Path(__file__).parent / "migrations", "alembic_version_identity")
+
+
 def build(settings: IdentitySettings) -> ServiceApp:
     """The identity service, ready to serve once `on_start` has migrated the database."""
     # Identifiers and traits are PII: keep bound values out of driver errors and so out of logged stack traces,
     # and out of aiosqlite's DEBUG lines (it logs every statement with its parameters).
-    engine = create_engine(settings.resolved_database_url, hide_parameters=True)
+    engine = create_engine(settings.resolved_database_url, hide_parameters=True, **settings.common.db_pool)
     logging.getLogger("aiosqlite").setLevel(max(logging.INFO, logging.getLogger("aiosqlite").level))
     repository = SqlIdentityRepository(engine)
     policy = MatchPolicy(
@@ -34,7 +40,8 @@ def build(settings: IdentitySettings) -> ServiceApp:
     service = IdentityService(repository, Normaliser(settings.default_region), policy=policy)
 
     async def on_start() -> None:
-        await migrate(engine, Path(__file__).parent / "migrations", "alembic_version_identity")
+        if settings.common.migrate_on_start:
+            await migrate_schema(engine)
         # The newest m/u parameters estimated from the stored records (`nextbest identity estimate`); the
         # built-in defaults until there are any.
         stored = await repository.latest_model()

@@ -182,6 +182,28 @@ class ForgetOutcome:
     erased_at: datetime
 
 
+class LineageKind(StrEnum):
+    """What a lineage journal entry records."""
+
+    MERGE = "merge"
+    UNMERGE = "unmerge"
+    FORGET = "forget"
+
+
+@dataclass(frozen=True, slots=True)
+class LineageEntry:
+    """One committed merge, unmerge or erasure, as other services follow it (`ListLineage`)."""
+
+    seq: int
+    kind: LineageKind
+    recorded_at: datetime
+    merge_id: str = ""
+    survivor_id: str = ""
+    merged_id: str = ""
+    #: The erased customer (FORGET).
+    customer_id: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class LinkOutcome:
     """What `IdentityRepository.link` did: identifiers it linked, and the owners of those already taken."""
@@ -257,6 +279,10 @@ class IdentityRepository(Protocol):
         """Deletes the customer's identifiers, trait records and consents; audit without PII; idempotent."""
         ...
 
+    async def lineage(self, after_seq: int, limit: int) -> list[LineageEntry]:
+        """Journal entries with seq > `after_seq`, in seq order (which is commit order), at most `limit`."""
+        ...
+
 
 MAX_IDENTIFIERS = 32
 MAX_CONSENTS = 64
@@ -265,6 +291,9 @@ MAX_TEXT_VERSION_LENGTH = 128
 MAX_REASON_LENGTH = 512
 MAX_ACTOR_LENGTH = 128
 MAX_ID_LENGTH = 128
+#: Lineage journal entries per ListLineage page: the default, and the most a caller may ask for.
+DEFAULT_LINEAGE_PAGE = 100
+MAX_LINEAGE_PAGE = 1000
 #: A consent time may lead our clock by this much (touchpoint clocks drift); beyond, it would pin the state.
 CONSENT_CLOCK_SKEW = timedelta(minutes=5)
 #: A Resolve that loses a creation race re-reads the winner; more attempts only happen if owners keep vanishing.
@@ -558,6 +587,14 @@ class IdentityService:
         outcome = await self.repository.forget(customer_id, reason, actor, self.clock())
         self.changes.publish([customer_id])
         return outcome
+
+    async def list_lineage(self, after_seq: int, limit: int) -> list[LineageEntry]:
+        """The lineage journal after `after_seq` (`limit` 0 means the default page)."""
+        if after_seq < 0:
+            raise InvalidArgument("after_seq", "must be >= 0")
+        if limit < 0:
+            raise InvalidArgument("limit", "must be >= 0")
+        return await self.repository.lineage(after_seq, min(limit or DEFAULT_LINEAGE_PAGE, MAX_LINEAGE_PAGE))
 
     @staticmethod
     def _validate_consents(inputs: Sequence[ConsentInput], now: datetime) -> list[Consent]:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import datetime
 
 import grpc
 from nextbest.common.v1 import common_pb2
 from nextbest.identity.v1 import identity_service_pb2 as pb
 from nextbest.identity.v1 import identity_service_pb2_grpc as pb_grpc
 
+from libs.errors import InvalidArgument
 from libs.protoconv import from_timestamp, to_timestamp
 from services.identity.domain import (
     Consent,
@@ -18,6 +20,7 @@ from services.identity.domain import (
     Identifier,
     IdentifierKind,
     IdentityService,
+    LineageKind,
     MatchMethod,
     RawIdentifier,
 )
@@ -34,6 +37,7 @@ _KIND_NUMBERS = {kind: number for number, kind in _KINDS.items()}
 _PURPOSE_NUMBERS = {purpose: number for number, purpose in _PURPOSES.items()}
 _CHANNEL_NUMBERS = {channel: number for number, channel in _CHANNELS.items()}
 _METHODS = {method: pb.MatchMethod.Value(f"MATCH_METHOD_{method.name}") for method in MatchMethod}
+_LINEAGE_KINDS = {kind: pb.LineageKind.Value(f"LINEAGE_KIND_{kind.name}") for kind in LineageKind}
 
 
 def _identifier(identifier: Identifier) -> common_pb2.Identifier:
@@ -53,6 +57,15 @@ def _consent(consent: Consent) -> pb.Consent:
 
 def _agreement(agreement: FieldAgreement) -> pb.FieldAgreement:
     return pb.FieldAgreement(field=agreement.field, level=agreement.level, weight=agreement.weight)
+
+
+def _recorded_at(given: pb.Consent, index: int) -> datetime | None:
+    if not given.HasField("recorded_at"):
+        return None
+    try:
+        return from_timestamp(given.recorded_at)
+    except (ValueError, OverflowError) as exc:  # seconds or nanos beyond what a Timestamp or datetime holds
+        raise InvalidArgument(f"consents[{index}].recorded_at", "not a valid timestamp") from exc
 
 
 class IdentityServicer(pb_grpc.IdentityServiceServicer):
@@ -110,10 +123,10 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
                     channel=_CHANNELS.get(given.channel),
                     granted=given.granted,
                     source=given.source,
-                    recorded_at=from_timestamp(given.recorded_at) if given.HasField("recorded_at") else None,
+                    recorded_at=_recorded_at(given, index),
                     text_version=given.text_version,
                 )
-                for given in request.consents
+                for index, given in enumerate(request.consents)
             ],
         )
         return pb.SetConsentResponse(consents=[_consent(consent) for consent in current])
@@ -158,6 +171,25 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
             trait_records_erased=outcome.trait_records,
             consents_erased=outcome.consents,
             erased_at=to_timestamp(outcome.erased_at),
+        )
+
+    async def ListLineage(
+        self, request: pb.ListLineageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListLineageResponse:
+        entries = await self.service.list_lineage(request.after_seq, request.limit)
+        return pb.ListLineageResponse(
+            entries=[
+                pb.LineageEntry(
+                    seq=entry.seq,
+                    kind=_LINEAGE_KINDS[entry.kind],
+                    merge_id=entry.merge_id,
+                    survivor_customer_id=entry.survivor_id,
+                    merged_customer_id=entry.merged_id,
+                    customer_id=entry.customer_id,
+                    recorded_at=to_timestamp(entry.recorded_at),
+                )
+                for entry in entries
+            ]
         )
 
     async def WatchChanges(

@@ -31,6 +31,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -46,6 +47,8 @@ from services.identity.domain import (
     ForgetOutcome,
     Identifier,
     IdentifierKind,
+    LineageEntry,
+    LineageKind,
     LinkOutcome,
     MergeOutcome,
     UnmergeOutcome,
@@ -125,6 +128,20 @@ erasures = Table(
     Column("consents", Integer, nullable=False),
 )
 
+#: The lineage journal: every merge, unmerge and erasure, appended in the transaction that made it, for services
+#: that follow it (the profile, through ListLineage). No PII: ids, kind and time only.
+lineage = Table(
+    "identity_lineage",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),
+    Column("merge_id", String(32), nullable=True),
+    Column("survivor_id", String(32), nullable=True),
+    Column("merged_id", String(32), nullable=True),
+    Column("customer_id", String(32), nullable=True),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    sqlite_autoincrement=True,  # a seq is never handed out twice, even after the newest row is deleted
+)
 
 #: Person-trait records (normalised), several per customer; one indexed column per blocking rule so that a Resolve
 #: by traits reads only the records sharing a key with it.
@@ -185,6 +202,21 @@ def _to_db(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
+
+async def append_lineage(connection: AsyncConnection, kind: LineageKind, at: datetime, **ids: str) -> None:
+    """Append a lineage entry as the last statement of the transaction that made the change.
+
+    Followers keep only the last seq they applied, so seq order must be commit order: otherwise, on PostgreSQL, a
+    transaction holding seq 10 could commit after one holding seq 11, a follower could read 11, move its cursor
+    past 10 and never see it. The table lock (self-conflicting, but not with readers) is taken before the seq is
+    drawn and held until commit, so appends are serialised: the next seq is drawn only after this one is visible.
+    Merges and erasures are rare steward actions, so the queueing costs nothing; the lock comes last, after the
+    customer row locks, so it never waits inside a cycle. A rolled-back append leaves a gap that no one waits for.
+    SQLite serialises writers anyway.
+    """
+    if connection.dialect.name == "postgresql":
+        await connection.execute(text("LOCK TABLE identity_lineage IN SHARE ROW EXCLUSIVE MODE"))
+    await connection.execute(insert(lineage).values(kind=kind.value, recorded_at=_to_db(at), **ids))
 
 
 def _consent(row: Row[Any]) -> Consent:
@@ -426,6 +458,9 @@ class SqlIdentityRepository:
                     },
                 )
             )
+            await append_lineage(
+                connection, LineageKind.MERGE, at, merge_id=merge_id, survivor_id=survivor, merged_id=merged
+            )
             await connection.commit()
         return MergeOutcome(merge_id, len(moved_identifiers), len(moved_traits))
 
@@ -474,6 +509,14 @@ class SqlIdentityRepository:
                 .where(merges.c.id == merge_id)
                 .values(unmerged_at=_to_db(at), unmerge_actor=actor, unmerge_reason=reason)
             )
+            await append_lineage(
+                connection,
+                LineageKind.UNMERGE,
+                at,
+                merge_id=merge_id,
+                survivor_id=merge.survivor_id,
+                merged_id=merge.merged_id,
+            )
             await connection.commit()
         return UnmergeOutcome(merge.merged_id, merge.survivor_id, len(wanted), restored_traits)
 
@@ -511,8 +554,26 @@ class SqlIdentityRepository:
                     consents=counts[2],
                 )
             )
+            await append_lineage(connection, LineageKind.FORGET, at, customer_id=customer_id)
             await connection.commit()
         return ForgetOutcome(True, counts[0], counts[1], counts[2], at)
+
+    async def lineage(self, after_seq: int, limit: int) -> list[LineageEntry]:
+        query = select(lineage).where(lineage.c.seq > after_seq).order_by(lineage.c.seq).limit(limit)
+        async with translate_errors("lineage listing"), self._reader.connect() as connection:
+            rows = (await connection.execute(query)).all()
+        return [
+            LineageEntry(
+                seq=row.seq,
+                kind=LineageKind(row.kind),
+                recorded_at=as_utc(row.recorded_at),
+                merge_id=row.merge_id or "",
+                survivor_id=row.survivor_id or "",
+                merged_id=row.merged_id or "",
+                customer_id=row.customer_id or "",
+            )
+            for row in rows
+        ]
 
     @staticmethod
     async def _customer_row(connection: AsyncConnection, customer_id: str, *, lock: bool):

@@ -13,13 +13,14 @@ from services.inventory.storage import SqlInventoryStore, migrate_schema
 
 
 def build(settings: InventorySettings) -> ServiceApp:
-    engine = create_engine(settings.resolved_database_url)
+    engine = create_engine(settings.resolved_database_url, **settings.common.db_pool)
     store = SqlInventoryStore(engine)
     inventory = Inventory(store, max_items=settings.max_items)
     servicer = InventoryServicer(inventory)
 
     async def on_start() -> None:
-        await migrate_schema(engine)
+        if settings.common.migrate_on_start:
+            await migrate_schema(engine)
 
     async def on_stop() -> None:
         await engine.dispose()

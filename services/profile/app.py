@@ -2,36 +2,69 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
 
 from nextbest.profile.v1 import profile_service_pb2_grpc as pb_grpc
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.db import create_engine, migrate
+from libs.protoconv import utcnow
 from libs.server import Registration, ServiceApp
+from libs.tls import load_tls
 from services.profile.domain import ProfileService
+from services.profile.domain.lineage import LineageFollower
 from services.profile.resolver import IdentityClient
 from services.profile.servicer import FULL_NAME, ProfileServicer
 from services.profile.settings import ProfileSettings
 from services.profile.storage import SqlProfileRepository
 
+_log = logging.getLogger(__name__)
+
+
+async def migrate_schema(engine: AsyncEngine) -> None:
+    """Upgrade this service's tables to the newest revision: at start-up, or from `nextbest migrate`."""
+    await migrate(engine, Path(__file__).parent / "migrations", "alembic_version_profile")
+
+
+def _report_stopped(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _log.error("the lineage follower stopped: merges and erasures no longer reach the profile",
+                   exc_info=task.exception())
+
 
 def build(settings: ProfileSettings) -> ServiceApp:
     """The profile service, ready to serve once `on_start` has migrated the database."""
-    engine = create_engine(settings.resolved_database_url)
+    engine = create_engine(settings.resolved_database_url, **settings.common.db_pool)
     repository = SqlProfileRepository(engine)
     service = ProfileService(
         repository, max_batch=settings.max_batch, recent_activity=settings.recent_activity
     )
-    identity = IdentityClient(settings.identity_target, settings.identity_timeout_seconds)
+    identity = IdentityClient(
+        settings.identity_target, settings.identity_timeout_seconds, tls=load_tls(settings.common)
+    )
+    follower = LineageFollower(
+        repository, identity, service.segments, service.changes, utcnow, settings.lineage_poll_seconds
+    )
+    tasks: list[asyncio.Task] = []
 
     async def on_start() -> None:
-        await migrate(engine, Path(__file__).parent / "migrations", "alembic_version_profile")
+        if settings.common.migrate_on_start:
+            await migrate_schema(engine)
         await service.load_segments()
         identity.open()
         # Open a pooled connection and compile the read path so the first real call does not pay for them.
         await repository.load_profile("", settings.recent_activity)
+        # Identity's merges, unmerges and erasures reach the profile in the background; serving does not wait
+        # for identity to be up.
+        tasks.append(asyncio.create_task(follower.run(), name="profile-lineage-follower"))
+        tasks[-1].add_done_callback(_report_stopped)
 
     async def on_stop() -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await identity.close()
         await engine.dispose()
 
@@ -42,5 +75,11 @@ def build(settings: ProfileSettings) -> ServiceApp:
         on_start=on_start,
         on_stop=on_stop,
         on_drain=service.changes.close,
-        parts={"engine": engine, "repository": repository, "service": service, "identity": identity},
+        parts={
+            "engine": engine,
+            "repository": repository,
+            "service": service,
+            "identity": identity,
+            "lineage": follower,
+        },
     )

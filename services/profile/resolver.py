@@ -1,7 +1,8 @@
-"""The identity service behind the domain's Resolver port: Resolve(create_if_missing) with a deadline.
+"""The identity service behind the domain's Resolver port (Resolve(create_if_missing) with a deadline) and its
+LineageSource port (ListLineage, the journal of merges, unmerges and erasures).
 
 Resolve is marked idempotent for the channel's retry policy: resolving the same identifiers again finds the
-customer the first attempt created.
+customer the first attempt created. ListLineage is a read.
 """
 
 from __future__ import annotations
@@ -15,31 +16,61 @@ from nextbest.identity.v1 import identity_service_pb2_grpc as identity_grpc
 
 from libs.clients import Budget, open_channel
 from libs.errors import InvalidArgument, Unavailable
+from libs.tls import TlsMaterial
 from services.profile.domain import Identifier
+from services.profile.domain.lineage import LineageEntry, LineageKind
 
 IDENTITY_SERVICE = identity_pb.DESCRIPTOR.services_by_name["IdentityService"].full_name
 #: Time kept back from the caller's deadline for storing the batch after resolving.
 STORE_RESERVE_SECONDS = 0.05
+#: Deadline of one ListLineage page: a background read, so generous.
+LINEAGE_TIMEOUT_SECONDS = 5.0
+_LINEAGE_KINDS = {identity_pb.LineageKind.Value(f"LINEAGE_KIND_{kind.name}"): kind for kind in LineageKind}
 
 
 class IdentityClient:
     """The channel to the identity service; hands out a Resolver bound to each request's budget."""
 
-    def __init__(self, target: str, timeout_seconds: float) -> None:
+    def __init__(self, target: str, timeout_seconds: float, tls: TlsMaterial | None = None) -> None:
         self._target = target
+        self._tls = tls
         self._timeout_seconds = timeout_seconds
         self._channel: grpc.aio.Channel | None = None
         self._stub: identity_grpc.IdentityServiceStub | None = None
 
     def open(self) -> None:
         """Open the channel; called on start so that it binds to the serving event loop."""
-        self._channel = open_channel(self._target, idempotent=[(IDENTITY_SERVICE, "Resolve")])
+        self._channel = open_channel(self._target, idempotent=[(IDENTITY_SERVICE, "Resolve"), (IDENTITY_SERVICE, "ListLineage")], tls=self._tls)
         self._stub = identity_grpc.IdentityServiceStub(self._channel)
 
     def resolver(self, budget: Budget) -> IdentityResolver:
         if self._stub is None:
             raise RuntimeError("IdentityClient.open() was not called")
         return IdentityResolver(self._stub, budget, self._timeout_seconds)
+
+    async def entries(self, after_seq: int, limit: int) -> list[LineageEntry]:
+        """The lineage journal after `after_seq` (the follower's LineageSource)."""
+        if self._stub is None:
+            raise RuntimeError("IdentityClient.open() was not called")
+        request = identity_pb.ListLineageRequest(after_seq=after_seq, limit=limit)
+        try:
+            response = await self._stub.ListLineage(request, timeout=LINEAGE_TIMEOUT_SECONDS)
+        except grpc.aio.AioRpcError as exc:
+            raise Unavailable(f"identity service could not list lineage: {exc.code().name}") from exc
+        unknown = [entry.seq for entry in response.entries if entry.kind not in _LINEAGE_KINDS]
+        if unknown:  # never skip an entry: stop at it until this service understands it
+            raise Unavailable(f"lineage entry {unknown[0]} has a kind this profile service does not know; upgrade it")
+        return [
+            LineageEntry(
+                seq=entry.seq,
+                kind=_LINEAGE_KINDS[entry.kind],
+                merge_id=entry.merge_id,
+                survivor_id=entry.survivor_customer_id,
+                merged_id=entry.merged_customer_id,
+                customer_id=entry.customer_id,
+            )
+            for entry in response.entries
+        ]
 
     async def close(self) -> None:
         if self._channel is not None:

@@ -29,3 +29,9 @@ class ProfileSettings(ServiceSettings):
         1.0, gt=0, description="Deadline of one Resolve call to the identity service (capped by the caller's)."
     )
     recent_activity: int = Field(20, ge=0, le=1000, description="How many recent events GetProfile returns.")
+    lineage_poll_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="How often the profile reads identity's lineage journal (merges, unmerges, erasures) and "
+        "applies what is new.",
+    )

@@ -9,7 +9,12 @@ Taking locks in one global order means concurrent batches wait for each other in
 event id is applied by exactly one of them. On SQLite, whose writers are serialised, the first statement is the
 INSERT, so the write lock is held from the start of the transaction (what BEGIN IMMEDIATE would give): no batch
 can read a state another is about to change. Each step is one multi-row statement (SQLAlchemy's
-insertmanyvalues), so a chunk of 100 events costs three round trips, not hundreds.
+insertmanyvalues), so a chunk of 100 events costs three round trips, not hundreds (plus the look-ups of merged and
+erased customers before and under the locks, see `domain.lineage`).
+
+Lineage (identity's merges, unmerges and erasures) is applied on the same transaction type: its first statement
+moves the lineage cursor row, which serialises appliers (and takes SQLite's write lock at once), then it locks the
+customers' states in the same global order as ingest.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from sqlalchemy import (
     Table,
     Text,
     delete,
+    or_,
     select,
     update,
 )
@@ -40,7 +46,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from libs.db import as_utc, insert_for, translate_errors
 from libs.errors import FailedPrecondition
-from services.profile.domain import Activity, EventRecord, ProfileState, StoredProfile
+from services.profile.domain import AcceptedEvent, Activity, EventRecord, ProfileState, StoredProfile
+from services.profile.domain.events import payload_from_document
 from services.profile.domain.segments import SegmentDefinition
 from services.profile.domain.service import Entered, Left, SegmentMember
 
@@ -89,6 +96,34 @@ profile_segment_members = Table(
     Column("customer_id", String(128), nullable=False),
     Column("since", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("segment", "customer_id", name="pk_profile_segment_members"),
+)
+
+#: Identity merges as the profile follows them: this customer's events are part of the survivor's profile.
+profile_aliases = Table(
+    "profile_aliases",
+    metadata,
+    Column("merged_id", String(128), primary_key=True),  # identity merges a customer into one survivor at a time
+    Column("survivor_id", String(128), nullable=False),
+    Column("merge_id", String(64), nullable=False, unique=True),
+    Column("merged_at", DateTime(timezone=True), nullable=False),
+    Index("ix_profile_aliases_survivor_id", "survivor_id"),
+)
+
+#: The seq of the last entry of identity's lineage journal applied here (one row, moved with each entry).
+profile_lineage_cursor = Table(
+    "profile_lineage_cursor",
+    metadata,
+    Column("source", String(32), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+)
+LINEAGE_SOURCE = "identity"
+
+#: Customers erased by identity's Forget (the pseudonymous id only): their late events are refused.
+profile_erasures = Table(
+    "profile_erasures",
+    metadata,
+    Column("customer_id", String(128), primary_key=True),
+    Column("erased_at", DateTime(timezone=True), nullable=False),
 )
 
 
@@ -233,6 +268,138 @@ class SqlIngestTransaction:
                 )
             )
 
+    # ------------------------------------------------------------------ lineage (see domain.lineage)
+
+    async def advance_cursor(self, from_seq: int, to_seq: int) -> bool:
+        result = await self._connection.execute(
+            update(profile_lineage_cursor)
+            .where(profile_lineage_cursor.c.source == LINEAGE_SOURCE, profile_lineage_cursor.c.seq == from_seq)
+            .values(seq=to_seq)
+        )
+        return result.rowcount == 1
+
+    async def roots(self, customer_ids: Sequence[str]) -> dict[str, str]:
+        return await _roots(self._connection, customer_ids)
+
+    async def group(self, root: str) -> list[str]:
+        return await _group(self._connection, root)
+
+    async def add_alias(self, merged_id: str, survivor_id: str, merge_id: str, at: datetime) -> None:
+        await self._connection.execute(
+            profile_aliases.insert().values(
+                merged_id=merged_id, survivor_id=survivor_id, merge_id=merge_id, merged_at=at
+            )
+        )
+
+    async def remove_alias(self, merge_id: str) -> bool:
+        result = await self._connection.execute(delete(profile_aliases).where(profile_aliases.c.merge_id == merge_id))
+        return result.rowcount > 0
+
+    async def events_of(self, customer_ids: Sequence[str]) -> list[AcceptedEvent]:
+        rows = await self._connection.execute(
+            select(
+                profile_events.c.event_id,
+                profile_events.c.customer_id,
+                profile_events.c.kind,
+                profile_events.c.occurred_at,
+                profile_events.c.source,
+                profile_events.c.payload,
+            ).where(profile_events.c.customer_id.in_(customer_ids))
+        )
+        return [
+            AcceptedEvent(
+                row.event_id,
+                row.customer_id,
+                as_utc(row.occurred_at),
+                row.source,
+                payload_from_document(row.kind, row.payload),
+            )
+            for row in rows
+        ]
+
+    async def delete_profiles(self, customer_ids: Sequence[str]) -> None:
+        for table in (profile_segment_members, profile_states):
+            await self._connection.execute(delete(table).where(table.c.customer_id.in_(customer_ids)))
+
+    async def erased(self, customer_ids: Sequence[str]) -> set[str]:
+        return await _erased(self._connection, customer_ids)
+
+    async def erase(self, customer_ids: Sequence[str], at: datetime) -> None:
+        await self._connection.execute(
+            self._insert(profile_erasures).on_conflict_do_nothing(index_elements=["customer_id"]),
+            [{"customer_id": customer_id, "erased_at": at} for customer_id in customer_ids],
+        )
+        for table in (profile_events, profile_segment_members, profile_states):
+            await self._connection.execute(delete(table).where(table.c.customer_id.in_(customer_ids)))
+        await self._connection.execute(
+            delete(profile_aliases).where(
+                or_(profile_aliases.c.merged_id.in_(customer_ids), profile_aliases.c.survivor_id.in_(customer_ids))
+            )
+        )
+
+
+async def _group(connection: AsyncConnection, root: str) -> list[str]:
+    """`root` and every customer merged into it, transitively (one query per level; one when none)."""
+    members = [root]
+    frontier = [root]
+    while frontier:
+        found = await connection.scalars(
+            select(profile_aliases.c.merged_id).where(profile_aliases.c.survivor_id.in_(frontier))
+        )
+        frontier = [customer_id for customer_id in found if customer_id not in members]
+        members.extend(frontier)
+    return members
+
+
+async def _erased(connection: AsyncConnection, customer_ids: Sequence[str]) -> set[str]:
+    if not customer_ids:
+        return set()
+    found = await connection.scalars(
+        select(profile_erasures.c.customer_id).where(profile_erasures.c.customer_id.in_(customer_ids))
+    )
+    return set(found)
+
+
+async def _roots(connection: AsyncConnection, customer_ids: Sequence[str]) -> dict[str, str]:
+    """Merged customers among `customer_ids` -> the customer whose profile holds their events (the end of the
+    alias chain). One query when none is merged, the usual case."""
+    survivors: dict[str, str] = {}
+    asked = list(customer_ids)
+    while asked:
+        found = dict(
+            (
+                await connection.execute(
+                    select(profile_aliases.c.merged_id, profile_aliases.c.survivor_id).where(
+                        profile_aliases.c.merged_id.in_(asked)
+                    )
+                )
+            ).all()
+        )
+        survivors.update(found)
+        asked = [survivor for survivor in set(found.values()) if survivor not in survivors]
+    roots: dict[str, str] = {}
+    for customer_id in customer_ids:
+        root, seen = customer_id, {customer_id}
+        while root in survivors and survivors[root] not in seen:
+            root = survivors[root]
+            seen.add(root)
+        if root != customer_id:
+            roots[customer_id] = root
+    return roots
+
+
+async def _state_row(connection: AsyncConnection, customer_id: str) -> tuple[str, Any] | None:
+    """The customer's state row, or that of the customer it was merged into: (whose, row)."""
+    query = select(profile_states.c.state, profile_states.c.updated_at)
+    row = (await connection.execute(query.where(profile_states.c.customer_id == customer_id))).first()
+    if row is not None:
+        return customer_id, row
+    owner = (await _roots(connection, [customer_id])).get(customer_id)
+    if owner is None:
+        return None
+    row = (await connection.execute(query.where(profile_states.c.customer_id == owner))).first()
+    return (owner, row) if row is not None else None
+
 
 class SqlProfileRepository:
     """Profile storage on SQLite or PostgreSQL through SQLAlchemy Core (one connection per call)."""
@@ -249,26 +416,32 @@ class SqlProfileRepository:
             yield tx
         self._states.keep(tx.saved)  # committed (an exception skips this: what the batch touched is not reused)
 
+    async def lineage_cursor(self) -> int:
+        async with translate_errors("read lineage cursor"), self._engine.connect() as connection:
+            seq = await connection.scalar(
+                select(profile_lineage_cursor.c.seq).where(profile_lineage_cursor.c.source == LINEAGE_SOURCE)
+            )
+        return seq or 0
+
+    async def erased(self, customer_ids: Sequence[str]) -> set[str]:
+        async with translate_errors("read erasures"), self._engine.connect() as connection:
+            return await _erased(connection, customer_ids)
+
     async def load_state(self, customer_id: str) -> ProfileState | None:
         async with translate_errors("read profile"), self._engine.connect() as connection:
-            document = await connection.scalar(
-                select(profile_states.c.state).where(profile_states.c.customer_id == customer_id)
-            )
-        return ProfileState.from_document(document) if document is not None else None
+            found = await _state_row(connection, customer_id)
+        return ProfileState.from_document(found[1].state) if found is not None else None
 
     async def load_profile(self, customer_id: str, recent_activity: int) -> StoredProfile | None:
         async with translate_errors("read profile"), self._engine.connect() as connection:
-            row = (
-                await connection.execute(
-                    select(profile_states.c.state, profile_states.c.updated_at).where(
-                        profile_states.c.customer_id == customer_id
-                    )
-                )
-            ).first()
-            if row is None:
+            found = await _state_row(connection, customer_id)
+            if found is None:
                 return None
+            owner, row = found
             activity: list[Activity] = []
             if recent_activity:
+                # A survivor's activity includes the events of the customers merged into it.
+                members = await _group(connection, owner)
                 events = await connection.execute(
                     select(
                         profile_events.c.event_id,
@@ -276,12 +449,18 @@ class SqlProfileRepository:
                         profile_events.c.occurred_at,
                         profile_events.c.summary,
                     )
-                    .where(profile_events.c.customer_id == customer_id)
+                    .where(
+                        profile_events.c.customer_id == owner
+                        if len(members) == 1
+                        else profile_events.c.customer_id.in_(members)
+                    )
                     .order_by(profile_events.c.occurred_at.desc(), profile_events.c.event_id.desc())
                     .limit(recent_activity)
                 )
                 activity = [Activity(event_id, kind, as_utc(at), summary) for event_id, kind, at, summary in events]
-        return StoredProfile(ProfileState.from_document(row.state), as_utc(row.updated_at), tuple(activity))
+        return StoredProfile(
+            ProfileState.from_document(row.state), as_utc(row.updated_at), tuple(activity), customer_id=owner
+        )
 
     async def load_segments(self) -> list[SegmentDefinition]:
         async with translate_errors("read segments"), self._engine.connect() as connection:

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from libs.stats import Z_95, mean_interval, wilson_interval  # noqa: F401 - re-exported (one place for statistics)
+
 #: Outcome types that mean the customer took the offer.
 POSITIVE_OUTCOMES = frozenset({"accept", "purchase"})
-Z_95 = 1.959963984540054
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,30 +134,6 @@ def build_training_set(
 
 
 # --------------------------------------------------------------------------------------------------- compare
-
-
-def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
-    """The Wilson score interval of a proportion (sound for small counts and rates near 0 or 1)."""
-    if trials == 0:
-        return 0.0, 1.0
-    p = successes / trials
-    denominator = 1 + z * z / trials
-    centre = (p + z * z / (2 * trials)) / denominator
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def mean_interval(values: Sequence[float], z: float = Z_95) -> tuple[float, float, float]:
-    """Mean and a normal-approximation confidence interval."""
-    n = len(values)
-    if n == 0:
-        return 0.0, 0.0, 0.0
-    mean = sum(values) / n
-    if n == 1:
-        return mean, mean, mean
-    variance = sum((v - mean) ** 2 for v in values) / (n - 1)
-    half = z * math.sqrt(variance / n)
-    return mean, mean - half, mean + half
 
 
 @dataclass(frozen=True)

@@ -152,8 +152,9 @@ async def test_a_client_deadline_bounds_the_call(database_url, serve, tmp_path):
     await mesh.stub.Decide(web_request(), timeout=5)  # warm connections: the budget is about hangs, not cold starts
     mesh.scoring.behaviour.delay = 5.0
     started = time.monotonic()
-    reply = await mesh.stub.Decide(web_request(), timeout=0.4)  # would be DEADLINE_EXCEEDED if the budget ignored it
-    assert time.monotonic() - started < 0.4
+    # A reply at all proves the budget: past the client's 0.4 s the call would end in DEADLINE_EXCEEDED instead.
+    reply = await mesh.stub.Decide(web_request(), timeout=0.4)
+    assert time.monotonic() - started < 1.0  # and it did not wait for the 5 s scoring delay
     assert list(reply.degraded_reasons) == ["scoring_timeout"]
 
 

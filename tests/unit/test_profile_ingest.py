@@ -49,6 +49,12 @@ class InMemoryTransaction:
             for cid in customer_ids
         }
 
+    async def roots(self, customer_ids: Sequence[str]) -> dict[str, str]:
+        return {}  # no merges or erasures here: tests/integration/test_profile_lineage.py covers them
+
+    async def erased(self, customer_ids: Sequence[str]) -> set[str]:
+        return set()
+
     async def save_states(self, states: Mapping[str, ProfileState], now: datetime) -> None:
         # Through JSON as the real column does (orjson, like libs.db's engines).
         self.states.update({cid: orjson.loads(orjson.dumps(state.to_document())) for cid, state in states.items()})
@@ -73,6 +79,9 @@ class InMemoryRepository:
             raise Unavailable("database went away")
         self.events.update(tx.events)
         self.states.update(tx.states)
+
+    async def erased(self, customer_ids: Sequence[str]) -> set[str]:
+        return set()
 
     async def load_state(self, customer_id: str) -> ProfileState | None:
         doc = self.states.get(customer_id)

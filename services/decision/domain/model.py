@@ -76,6 +76,8 @@ class Traits:
     open_service_issues: int = 0
     cart_skus: tuple[str, ...] = ()
     preferences: Preferences = Preferences()
+    #: The profile segments the customer is in (names, sorted); logged with each decision for the report.
+    segments: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

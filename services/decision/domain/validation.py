@@ -5,6 +5,7 @@ from __future__ import annotations
 from libs.errors import InvalidArgument
 from services.decision.catalogue import CHANNELS
 from services.decision.domain.model import OUTCOME_TYPES, CustomerRef, DecideInput, OutcomeInput
+from services.decision.domain.report import DIMENSIONS, ReportQuery
 
 MAX_OFFERS_LIMIT = 20
 MAX_ID_LENGTH = 128
@@ -38,3 +39,20 @@ def validate_outcome(outcome: OutcomeInput) -> None:
         raise InvalidArgument("type", "must be one of IMPRESSION, CLICK, ACCEPT, DECLINE, PURCHASE")
     if not outcome.revenue >= 0:  # also rejects NaN
         raise InvalidArgument("revenue", "must not be negative")
+
+
+def validate_report(query: ReportQuery) -> None:
+    """Unknown dimensions arrive as "unknown" from the servicer; the window is already resolved to datetimes."""
+    if query.start >= query.end:
+        raise InvalidArgument("end_time", "must be after start_time")
+    for index, dimension in enumerate(query.group_by):
+        if dimension not in DIMENSIONS:
+            raise InvalidArgument(f"group_by[{index}]", "unknown dimension")
+        if dimension in query.group_by[:index]:
+            raise InvalidArgument(f"group_by[{index}]", f"{dimension} is already grouped by")
+    if query.channel and query.channel not in CHANNELS:
+        raise InvalidArgument("channel", f"must be one of web, pos, call_center (got {query.channel})")
+    if len(query.offer_id) > MAX_ID_LENGTH:
+        raise InvalidArgument("offer_id", f"at most {MAX_ID_LENGTH} characters")
+    if query.min_sample < 0:
+        raise InvalidArgument("min_sample", "must not be negative")

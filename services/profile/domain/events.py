@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, get_args
 
 #: Return methods, as the keys of the return-method mix.
 RETURN_METHODS = ("store", "mail", "courier")
@@ -238,6 +238,22 @@ class AcceptedEvent:
     def payload_document(self) -> dict[str, Any]:
         """The payload as a JSON-ready dict (stored for audit and replay)."""
         return _plain(self.payload)
+
+
+def payload_from_document(kind: str, document: dict[str, Any]) -> Payload:
+    """The payload `AcceptedEvent.payload_document` stored, read back (refolding a merged customer's events)."""
+    cls = _PAYLOADS[kind]
+    values = dict(document)
+    if cls is Purchase:
+        values["lines"] = tuple(OrderLine(**line) for line in values["lines"])
+    elif cls is ProductReturn:
+        values["lines"] = tuple(ReturnLine(**line) for line in values["lines"])
+    elif cls is PreferenceUpdate:
+        values["sizes"], values["colours"] = tuple(values["sizes"]), tuple(values["colours"])
+    return cls(**values)
+
+
+_PAYLOADS: dict[str, type] = {cls.kind: cls for cls in get_args(Payload)}
 
 
 def _plain(value: Any) -> Any:

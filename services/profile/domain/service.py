@@ -4,9 +4,9 @@ Ingesting a batch: validate each event on its own (a malformed one is rejected, 
 customers of events that only carry identifiers (all or nothing: if the identity service cannot answer, the
 call fails and nothing is applied, so the producer retries), drop repeated ids within the batch, then, per chunk
 of `APPLY_CHUNK` events, in ONE transaction insert the events ignoring ids already stored, lock the affected
-customers' states and fold only the newly inserted events into them, in event-time order; then re-evaluate the
-segments of those customers only, storing membership changes in the same transaction. The customers are
-published on `changes` after each commit.
+customers' states (a merged customer's events go to its survivor's state, see `domain.lineage`) and fold only the
+newly inserted events into them, in event-time order; then re-evaluate the segments of those customers only,
+storing membership changes in the same transaction. The customers are published on `changes` after each commit.
 
 A stream of batches (`ingest_stream`) is applied the same way, one batch at a time as it is read, so at most one
 batch is in flight and the producer is held by gRPC flow control meanwhile.
@@ -23,10 +23,11 @@ from datetime import datetime
 from typing import Protocol
 
 from libs.changefeed import ChangeFeed
-from libs.errors import InvalidArgument, NotFound
+from libs.errors import InvalidArgument, NotFound, Unavailable
 from libs.protoconv import utcnow
 from services.profile.domain.events import AcceptedEvent, Event, Identifier, summarize
 from services.profile.domain.features import FEATURE_NAMES, compute_features
+from services.profile.domain.lineage import LineageMoved
 from services.profile.domain.segments import (
     SegmentDefinition,
     SegmentRegistry,
@@ -44,6 +45,8 @@ RESOLVE_CONCURRENCY = 16
 APPLY_CHUNK = 100
 #: Customers re-evaluated per transaction when a segment is put or deleted.
 SEGMENT_PAGE = 500
+#: Attempts of one chunk whose customers' lineage keeps changing under it (a merge or unmerge committing).
+LINEAGE_RETRIES = 3
 MAX_MEMBERS_PAGE = 1000
 DEFAULT_MEMBERS_PAGE = 100
 
@@ -86,6 +89,8 @@ class StoredProfile:
     state: ProfileState
     updated_at: datetime
     recent_activity: tuple[Activity, ...]
+    #: Whose profile it is: the id asked for, or the customer it was merged into.
+    customer_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +141,14 @@ class IngestTransaction(Protocol):
     async def save_states(self, states: Mapping[str, ProfileState], now: datetime) -> None:
         ...
 
+    async def roots(self, customer_ids: Sequence[str]) -> dict[str, str]:
+        """For those of the customers merged into another: the customer whose profile holds their events."""
+        ...
+
+    async def erased(self, customer_ids: Sequence[str]) -> set[str]:
+        """Those of the customers that were erased (Forget)."""
+        ...
+
     async def update_memberships(self, entered: Sequence[Entered], left: Sequence[Left]) -> None:
         """Record segment entries (with their since) and exits."""
         ...
@@ -146,6 +159,10 @@ class ProfileRepository(Protocol):
         ...
 
     async def load_state(self, customer_id: str) -> ProfileState | None:
+        ...
+
+    async def erased(self, customer_ids: Sequence[str]) -> set[str]:
+        """Those of the customers that were erased (Forget)."""
         ...
 
     async def load_profile(self, customer_id: str, recent_activity: int) -> StoredProfile | None:
@@ -240,10 +257,17 @@ class ProfileService:
         records: list[EventRecord] = []
         seen: set[str] = set()
         duplicates = 0
+        # An erased customer's events are refused, not stored again (a late feed, an outcome of an old decision).
+        customers = {event.customer_id for _, event in valid if event.customer_id}
+        customers.update(found for found in resolved.values() if isinstance(found, str))
+        erased = await self._repository.erased(sorted(customers))
         for index, event in valid:
             customer_id = event.customer_id or resolved[event.identifiers]
             if isinstance(customer_id, InvalidArgument):
                 rejected.append(Rejection(index, event.event_id, customer_id.field, customer_id.reason))
+                continue
+            if customer_id in erased:
+                rejected.append(Rejection(index, event.event_id, "customer_id", f"customer {customer_id} was erased"))
                 continue
             if event.event_id in seen:
                 duplicates += 1  # the same id twice in one batch: the first one counts
@@ -284,15 +308,31 @@ class ProfileService:
         return {key: task.result() for key, task in zip(keys, tasks, strict=True)}
 
     async def _apply(self, records: Sequence[EventRecord], now: datetime) -> int:
+        for _ in range(LINEAGE_RETRIES):
+            try:
+                return await self._apply_once(records, now)
+            except LineageMoved:
+                continue  # rolled back: apply again with the aliases as they are now
+        raise Unavailable("customers of this batch are being merged, unmerged or erased; retry the batch")
+
+    async def _apply_once(self, records: Sequence[EventRecord], now: datetime) -> int:
         async with self._repository.transaction() as tx:
             inserted = await tx.add_events(records)
             if not inserted:
                 return 0
+            fresh = [record.event for record in records if record.event.event_id in inserted]
+            event_customers = {event.customer_id for event in fresh}
+            # An event of a merged customer keeps its id (so an unmerge splits it back) and is folded into the
+            # survivor's state. The aliases are read again under the state locks: a merge or unmerge that
+            # committed while this waited for them means rolling back and starting again (domain.lineage).
+            roots = await tx.roots(sorted(event_customers))
             by_customer: dict[str, list[AcceptedEvent]] = {}
-            for record in records:
-                if record.event.event_id in inserted:
-                    by_customer.setdefault(record.event.customer_id, []).append(record.event)
+            for event in fresh:
+                by_customer.setdefault(roots.get(event.customer_id, event.customer_id), []).append(event)
             states = await tx.lock_states(sorted(by_customer), now)
+            locked = sorted(event_customers | by_customer.keys())
+            if await tx.roots(locked) != roots or await tx.erased(locked):
+                raise LineageMoved  # (an erasure then gets the batch refused when the producer retries)
             for customer_id, new_events in by_customer.items():
                 state = states[customer_id]
                 for event in sorted(new_events, key=lambda e: (e.occurred_at, e.event_id)):
@@ -307,7 +347,8 @@ class ProfileService:
                 if entered or left:
                     await tx.update_memberships(entered, left)
             await tx.save_states(states, now)
-        self.changes.publish(by_customer)  # committed: readers' caches may now drop these customers
+        # Committed: readers' caches may now drop these customers (a merged id's answer is its survivor's).
+        self.changes.publish(event_customers | by_customer.keys())
         return len(inserted)
 
     async def get_profile(self, customer_id: str, include_features: bool, include_activity: bool = True) -> ProfileView:
@@ -317,7 +358,7 @@ class ProfileService:
             raise NotFound(f"customer {customer_id!r} has no profile")
         now = self._clock()
         return ProfileView(
-            customer_id=customer_id,
+            customer_id=stored.customer_id or customer_id,
             traits=stored.state.traits(now),
             recent_activity=stored.recent_activity,
             first_seen_at=stored.state.first_seen_at,

@@ -1,0 +1,141 @@
+"""`nextbest ope`: off-policy evaluation of a candidate first-slot policy from the decision log (IPS and
+self-normalised IPS with bootstrap intervals; see services/decision/domain/ope.py for what the numbers mean).
+
+Works offline next to the decision database, read-only, like `nextbest model compare`:
+
+    nextbest ope --since 14d --lever tee-discount=2 --reward revenue
+    nextbest ope --policy uniform --reward accept --json
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict
+from datetime import datetime
+
+import orjson
+
+from cli.report import moment
+from libs.protoconv import utcnow
+from libs.settings import load_settings
+
+
+def lever(text: str) -> tuple[str, float]:
+    offer_id, _, factor = text.partition("=")
+    try:
+        value = float(factor)
+    except ValueError:
+        value = -1.0
+    if not offer_id or not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected OFFER_ID=FACTOR with a factor >= 0")
+    return offer_id, value
+
+
+def share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be within [0, 1]")
+    return value
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be at least 1")
+    return value
+
+
+async def read_rounds(database_url: str, start: datetime, end: datetime, reward: str) -> list:
+    """The window's decisions as first-slot rounds; the rewards are summed per decision and offer in SQL."""
+    from sqlalchemy import case, func, select, text
+
+    from libs.db import create_engine
+    from services.decision.domain.ope import logged_round
+    from services.decision.domain.report import ACCEPTED_OUTCOMES
+    from services.decision.storage import decisions, outcomes
+
+    in_window = (decisions.c.created_at >= start, decisions.c.created_at < end)
+    per_offer = (
+        select(
+            outcomes.c.decision_id,
+            outcomes.c.offer_id,
+            func.sum(outcomes.c.revenue).label("revenue"),
+            func.max(case((outcomes.c.type.in_(ACCEPTED_OUTCOMES), 1), else_=0)).label("accepted"),
+        )
+        .join(decisions, decisions.c.decision_id == outcomes.c.decision_id)
+        .where(*in_window)
+        .group_by(outcomes.c.decision_id, outcomes.c.offer_id)
+    )
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.connect() as connection:
+            if connection.dialect.name == "postgresql":
+                await connection.execute(text("SET TRANSACTION READ ONLY"))
+            earned = {
+                (row.decision_id, row.offer_id): float(row.revenue if reward == "revenue" else row.accepted)
+                for row in await connection.execute(per_offer)
+            }
+            logged = await connection.execute(
+                select(decisions.c.decision_id, decisions.c.offers, decisions.c.trace)
+                .where(*in_window)
+                .order_by(decisions.c.created_at, decisions.c.decision_id)
+            )
+            rounds = []
+            for row in logged:
+                first = next((o["offer_id"] for o in row.offers or () if o.get("rank") == 1), "")
+                value = earned.get((row.decision_id, first), 0.0)
+                rounds.append(logged_round(row.decision_id, row.offers or (), row.trace or {}, value))
+    finally:
+        await engine.dispose()
+    return rounds
+
+
+def _show(estimate) -> str:
+    return f"{estimate.value:.4f} [{estimate.low:.4f}, {estimate.high:.4f}]"
+
+
+async def cmd_ope(args: argparse.Namespace) -> int:
+    from services.decision.domain.ope import GreedyPolicy, UniformPolicy, evaluate
+    from services.decision.settings import DecisionSettings
+
+    url = load_settings(DecisionSettings).resolved_database_url
+    rounds = await read_rounds(url, args.since, args.until or utcnow(), args.reward)
+    policy = (
+        UniformPolicy()
+        if args.policy == "uniform"
+        else GreedyPolicy(levers=dict(args.lever), epsilon=args.epsilon, top=args.top)
+    )
+    result = evaluate(rounds, policy, resamples=args.resamples, seed=args.seed)
+    if args.json:
+        print(orjson.dumps({"policy": repr(policy), "reward": args.reward, **asdict(result)},
+                           option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode())
+        return 0
+    print(f"{args.policy} policy, reward {args.reward}, {result.rounds} decisions ({result.skipped} skipped)")
+    if not result.rounds:
+        print("no decisions to evaluate in the window")
+        return 0
+    print(f"  logged policy    {result.logged_value:.4f}")
+    print(f"  IPS              {_show(result.ips)}")
+    print(f"  SNIPS            {_show(result.snips)}")
+    print(f"  effective n      {result.effective_sample_size:.1f} (max weight {result.max_weight:.2f})")
+    if result.unsupported > 0:
+        print(f"  WARNING: {result.unsupported:.1%} of the candidate's choices were never made by the logging policy; "
+              "IPS cannot see them (raise NEXTBEST_DECISION_EXPLORATION_EPSILON or the control share)")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("ope", help="off-policy evaluation of a candidate first-slot policy from the decision log")
+    p.add_argument("--since", type=moment, default="7d", help="window start: an age (12h, 7d) or ISO-8601")
+    p.add_argument("--until", type=moment, help="window end (default now)")
+    p.add_argument("--policy", choices=("greedy", "uniform"), default="greedy",
+                   help="greedy: arbitration re-scored with --lever, exploring with --epsilon; uniform: a random pick")
+    p.add_argument("--lever", type=lever, action="append", default=[], metavar="OFFER_ID=FACTOR",
+                   help="multiply an offer's logged score (repeatable)")
+    p.add_argument("--epsilon", type=share, default=0.0, help="the candidate's exploration share")
+    p.add_argument("--top", type=positive, default=5, help="how many of the best the candidate explores among")
+    p.add_argument("--reward", choices=("revenue", "accept"), default="revenue")
+    p.add_argument("--resamples", type=positive, default=1000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ope)
