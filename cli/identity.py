@@ -86,6 +86,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         steward.add_argument("--actor", required=True, help="who decides (kept in the audit)")
         steward.add_argument("--target", help="identity host:port (default: NEXTBEST_HOST and NEXTBEST_IDENTITY_PORT)")
         steward.set_defaults(func=func)
+    lineage = commands.add_parser(
+        "lineage", help="the journal of committed merges, unmerges and erasures (what the profile follows)"
+    )
+    lineage.add_argument("--after", type=int, default=0, help="only entries after this sequence number")
+    lineage.add_argument("--limit", type=int, default=100, help="entries to list (at most 1,000)")
+    lineage.add_argument("--target", help="identity host:port (default: NEXTBEST_HOST and NEXTBEST_IDENTITY_PORT)")
+    lineage.set_defaults(func=_lineage)
 
 
 def _fail(message: str) -> int:
@@ -269,3 +276,9 @@ async def _forget(args: argparse.Namespace) -> int:
     return await _steward_call(
         args, "Forget", pb.ForgetRequest(customer_id=args.customer_id, reason=args.reason, actor=args.actor)
     )
+
+
+async def _lineage(args: argparse.Namespace) -> int:
+    from nextbest.identity.v1 import identity_service_pb2 as pb
+
+    return await _steward_call(args, "ListLineage", pb.ListLineageRequest(after_seq=args.after, limit=args.limit))

@@ -187,6 +187,7 @@ class GrpcServer:
         keystore: KeystoreWatcher | None = None,
         max_concurrent_rpcs: int | None = None,
         max_request_bytes: int = MAX_MESSAGE_BYTES,
+        max_connection_age_seconds: float = 0,
     ) -> None:
         self.app = app
         self.host = host
@@ -200,6 +201,7 @@ class GrpcServer:
         #: Calls beyond this many at once are shed with RESOURCE_EXHAUSTED instead of queueing without bound.
         self.max_concurrent_rpcs = max_concurrent_rpcs
         self.max_request_bytes = max_request_bytes
+        self.max_connection_age_seconds = max_connection_age_seconds
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -219,6 +221,13 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),  # a taken port must fail loudly, not be silently shared
                 ("grpc.max_receive_message_length", self.max_request_bytes),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                # GOAWAY after this age: clients reconnect and re-resolve; the grace is unbounded so long-lived
+                # WatchChanges streams are never cut (that would reset the decision caches).
+                *(
+                    [("grpc.max_connection_age_ms", int(self.max_connection_age_seconds * 1000))]
+                    if self.max_connection_age_seconds
+                    else []
+                ),
             ],
         )
         names = [r.full_name for r in self.app.registrations]
@@ -271,6 +280,7 @@ async def serve(app: ServiceApp, settings: ServiceSettings) -> None:
         keystore=load_keystore(settings.common, app.name),
         max_concurrent_rpcs=settings.common.max_concurrent_rpcs,
         max_request_bytes=settings.common.max_request_bytes,
+        max_connection_age_seconds=settings.common.max_connection_age_seconds,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -75,6 +75,10 @@ class CommonSettings(BaseSettings):
     max_request_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="Largest request message a server accepts (RESOURCE_EXHAUSTED above)."
     )
+    max_connection_age_seconds: float = Field(
+        0, ge=0, description="Servers ask clients to reconnect after this long (0: never), so channels re-resolve "
+        "DNS and spread calls over replicas added since; open streams are left to finish.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of every service.")
     log_format: Literal["json", "text"] = Field("json", description="JSON lines with trace ids, or plain text.")
     otlp_endpoint: str | None = Field(

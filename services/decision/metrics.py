@@ -36,7 +36,7 @@ class DecisionMetrics:
             description="Degraded decisions, per degraded reason (a decision may count under several reasons).",
         )
         self._outcomes = meter.create_counter(
-            "nextbest.decision.outcomes", unit="{outcome}", description="Outcomes recorded, per offer and type."
+            "nextbest.decision.outcomes", unit="{outcome}", description="Outcomes recorded, per offer, channel and type."
         )
         self._caches = tuple(caches)
         if self._caches:
@@ -57,8 +57,8 @@ class DecisionMetrics:
         for reason in decision.degraded_reasons:
             self._degraded.add(1, {"channel": channel, "reason": reason})
 
-    def outcome(self, offer_id: str, outcome_type: str) -> None:
-        self._outcomes.add(1, {"offer_id": offer_id, "type": outcome_type})
+    def outcome(self, offer_id: str, channel: str, outcome_type: str) -> None:
+        self._outcomes.add(1, {"offer_id": offer_id, "channel": channel, "type": outcome_type})
 
     def _observe_caches(self, options: CallbackOptions) -> Iterable[Observation]:
         for cache in self._caches:

@@ -251,7 +251,7 @@ class DecisionService:
         found = await self.repository.decision_for_outcome(outcome.decision_id)
         if found is None:
             raise NotFound(f"decision {outcome.decision_id} not found")
-        customer_id, offer_ids = found
+        customer_id, channel, offer_ids = found
         if outcome.offer_id not in offer_ids:
             raise InvalidArgument("offer_id", f"decision {outcome.decision_id} did not return offer {outcome.offer_id}")
         now = utcnow()
@@ -283,7 +283,7 @@ class DecisionService:
         else:
             inserted = await self.repository.insert_outcome(row)
         if inserted:
-            self.metrics.outcome(outcome.offer_id, outcome.type)
+            self.metrics.outcome(outcome.offer_id, channel, outcome.type)
         if inserted and customer_id:
             self._on_new_outcome()
         return not inserted

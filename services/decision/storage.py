@@ -150,17 +150,19 @@ class DecisionRepository:
                 for _, done in batch:
                     done.set_result(None)
 
-    async def decision_for_outcome(self, decision_id: str) -> tuple[str, list[str]] | None:
-        """(customer id, ids of the offers the decision returned), or None when there is no such decision."""
+    async def decision_for_outcome(self, decision_id: str) -> tuple[str, str, list[str]] | None:
+        """(customer id, channel, ids of the offers the decision returned), or None when there is no such decision."""
         async with translate_errors("decision log"), self.engine.connect() as conn:
             found = (
                 await conn.execute(
-                    select(decisions.c.customer_id, decisions.c.offers).where(decisions.c.decision_id == decision_id)
+                    select(decisions.c.customer_id, decisions.c.channel, decisions.c.offers).where(
+                        decisions.c.decision_id == decision_id
+                    )
                 )
             ).first()
         if found is None:
             return None
-        return found.customer_id, [offer["offer_id"] for offer in found.offers]
+        return found.customer_id, found.channel, [offer["offer_id"] for offer in found.offers]
 
     async def insert_outcome(self, row: Mapping[str, Any]) -> bool:
         """Insert unless the outcome id is already recorded; True when this call inserted it."""

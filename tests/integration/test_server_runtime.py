@@ -35,6 +35,11 @@ class ScriptedIdentity(pb_grpc.IdentityServiceServicer):
             await self.release.wait()
         return pb.ResolveResponse(customer_id="c-1")
 
+    async def WatchChanges(self, request, context):
+        yield pb.WatchChangesResponse()  # subscribed
+        await self.release.wait()
+        yield pb.WatchChangesResponse(customer_ids=["c-1"])
+
 
 def _request(value: str) -> pb.ResolveRequest:
     return pb.ResolveRequest(identifiers=[{"type": 1, "value": value}])
@@ -96,3 +101,29 @@ async def test_stop_drains_in_flight_calls_and_reports_not_serving():
         reply = await in_flight  # the call that was running when stop began still completes
         assert reply.customer_id == "c-1"
         await stopping
+
+
+async def test_a_method_the_servicer_lacks_is_unimplemented_not_internal(serve):
+    _, channel = await serve(ServiceApp("scripted", [Registration(pb_grpc.add_IdentityServiceServicer_to_server, ScriptedIdentity(), FULL_NAME)]))
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await pb_grpc.IdentityServiceStub(channel).GetCustomer(pb.GetCustomerRequest(customer_id="c-1"), timeout=2)
+    assert missing.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_connection_age_recycles_connections_but_never_cuts_an_open_stream():
+    servicer = ScriptedIdentity()
+    app = ServiceApp("scripted", [Registration(pb_grpc.add_IdentityServiceServicer_to_server, servicer, FULL_NAME)])
+    server = GrpcServer(app, "127.0.0.1", 0, grace=0.5, max_connection_age_seconds=0.2)
+    port = await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.IdentityServiceStub(channel)
+            stream = stub.WatchChanges(pb.WatchChangesRequest())
+            assert list((await stream.read()).customer_ids) == []
+            for _ in range(4):  # calls across several connection ages: the client reconnects transparently
+                assert (await stub.Resolve(_request("ok"), timeout=2)).customer_id == "c-1"
+                await asyncio.sleep(0.2)
+            servicer.release.set()
+            assert list((await asyncio.wait_for(stream.read(), 2)).customer_ids) == ["c-1"]  # still the same stream
+    finally:
+        await server.stop()

@@ -65,7 +65,7 @@ async def test_rpcs_and_decisions_are_measured_with_bounded_attributes(telemetry
     assert sum(offers.values()) == len(first.offers) + len(second.offers)
     assert offers[(first.offers[0].offer_id, "web")] >= 1
     outcomes = [(a, p.value) for a, p in telemetry.points("nextbest.decision.outcomes")]
-    assert outcomes == [({"offer_id": first.offers[0].offer_id, "type": "accept"}, 1)]
+    assert outcomes == [({"offer_id": first.offers[0].offer_id, "channel": "web", "type": "accept"}, 1)]
     lookups = {(a["cache"], a["result"]): p.value for a, p in telemetry.points("nextbest.decision.cache.lookups")}
     assert lookups[("resolutions", "miss")] == 1 and lookups[("resolutions", "hit")] == 1
     assert lookups[("profiles", "miss")] == 1 and lookups[("profiles", "hit")] == 1
