@@ -28,10 +28,9 @@ from nextbest.profile.v1 import profile_service_pb2_grpc as profile_grpc
 from nextbest.scoring.v1 import scoring_service_pb2 as scoring_pb
 from nextbest.scoring.v1 import scoring_service_pb2_grpc as scoring_grpc
 
-from libs.clients import open_channel
+from libs.clients import open_channel, peer_credentials
 from libs.protoconv import to_duration
 from libs.settings import CommonSettings, load_settings
-from libs.tls import load_tls
 
 DEFAULT_PORTS = {"decision": 50050, "identity": 50051, "profile": 50052, "scoring": 50053, "inventory": 50054}
 STUBS: dict[str, Callable] = {
@@ -66,8 +65,9 @@ def service_target(service: str) -> str:
 
 
 def cli_channel(target: str) -> grpc.aio.Channel:
-    """The CLI's channel to a running service: TLS (with a client certificate) when NEXTBEST_TLS_* are set."""
-    return open_channel(target, tls=load_tls(load_settings(CommonSettings)))
+    """The CLI's channel to a running service: TLS (with a client certificate) when NEXTBEST_TLS_* are set, and
+    the operator's API key (NEXTBEST_AUTH_TOKEN) on every call."""
+    return open_channel(target, credentials=peer_credentials(load_settings(CommonSettings)))
 
 
 def _to_dict(message: Message) -> dict:

@@ -9,15 +9,16 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import grpc
 import orjson
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from libs.auth.client import bearer_token_interceptors
-from libs.settings import CommonSettings, load_settings
+from libs.settings import CommonSettings
 from libs.telemetry import tracing_active
-from libs.tls import TlsMaterial
+from libs.tls import TlsMaterial, load_tls
 
 
 def _service_config(idempotent: Iterable[tuple[str, str]]) -> str:
@@ -39,15 +40,31 @@ def _service_config(idempotent: Iterable[tuple[str, str]]) -> str:
     return orjson.dumps(config).decode()
 
 
+@dataclass(frozen=True)
+class PeerCredentials:
+    """What this process shows the services it calls: TLS material (None: plaintext) and its API key."""
+
+    tls: TlsMaterial | None = None
+    token: str | None = None
+
+
+def peer_credentials(common: CommonSettings) -> PeerCredentials:
+    """This process's credentials from its settings (NEXTBEST_TLS_*, NEXTBEST_AUTH_TOKEN); read once at wiring."""
+    return PeerCredentials(load_tls(common), common.auth_token.get_secret_value() if common.auth_token else None)
+
+
 def open_channel(
-    target: str, idempotent: Iterable[tuple[str, str]] = (), tls: TlsMaterial | None = None
+    target: str, idempotent: Iterable[tuple[str, str]] = (), credentials: PeerCredentials | None = None
 ) -> grpc.aio.Channel:
     """A channel to `target` ("host:port"), traced when tracing is active; retries UNAVAILABLE only for the given
-    (service, method)s. With `tls` it verifies the server (and presents this process's certificate under mTLS)."""
-    if tls is None:
+    (service, method)s. With `credentials` it verifies the server (presenting this process's certificate under
+    mTLS) and sends this process's API key on every call."""
+    credentials = credentials or PeerCredentials()
+    if credentials.tls is None:
         connect = grpc.aio.insecure_channel
     else:
-        connect = functools.partial(grpc.aio.secure_channel, credentials=tls.channel_credentials())
+        connect = functools.partial(grpc.aio.secure_channel, credentials=credentials.tls.channel_credentials())
+    tokens = bearer_token_interceptors(credentials.token) if credentials.token else []
     return connect(
         target,
         options=[
@@ -58,14 +75,8 @@ def open_channel(
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 2_000),
         ],
-        interceptors=[*(aio_client_interceptors() if tracing_active() else []), *_credentials()] or None,
+        interceptors=[*(aio_client_interceptors() if tracing_active() else []), *tokens] or None,
     )
-
-
-def _credentials() -> list[grpc.aio.ClientInterceptor]:
-    """Interceptors sending this process's API key (NEXTBEST_AUTH_TOKEN) on every call, when it has one."""
-    token = load_settings(CommonSettings).auth_token
-    return bearer_token_interceptors(token.get_secret_value()) if token else []
 
 
 class Budget:

@@ -8,10 +8,10 @@ from pathlib import Path
 from nextbest.decision.v1 import decision_service_pb2_grpc as pb_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from libs.clients import peer_credentials
 from libs.db import create_engine, migrate
 from libs.metrics import meter
 from libs.server import Registration, ServiceApp
-from libs.tls import load_tls
 from services.decision.cache import ChangeSubscription
 from services.decision.catalogue import CatalogueError, load_catalogue
 from services.decision.domain.arbitration import ArbitrationPolicy
@@ -39,7 +39,7 @@ def build(settings: DecisionSettings) -> ServiceApp:
         settings.profile_target,
         settings.scoring_target,
         settings.inventory_target,
-        tls=load_tls(settings.common),
+        credentials=peer_credentials(settings.common),
     )
     forwarder = OutcomeForwarder(
         repository, gateways.profile, settings.outbox_batch_size, settings.outbox_interval_seconds

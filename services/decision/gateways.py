@@ -22,10 +22,9 @@ from nextbest.profile.v1 import profile_service_pb2_grpc as profile_grpc
 from nextbest.scoring.v1 import scoring_service_pb2 as scoring_pb
 from nextbest.scoring.v1 import scoring_service_pb2_grpc as scoring_grpc
 
-from libs.clients import open_channel
+from libs.clients import PeerCredentials, open_channel
 from libs.errors import InvalidArgument
 from libs.protoconv import to_timestamp
-from libs.tls import TlsMaterial
 from services.decision.convert import (
     CHANNEL_NAMES,
     CONSENT_PURPOSE_NAMES,
@@ -55,14 +54,14 @@ class _Gateway:
     #: Methods safe to retry on UNAVAILABLE (all reads, and writes that are idempotent by key).
     idempotent: tuple[str, ...] = ()
 
-    def __init__(self, target: str, tls: TlsMaterial | None = None) -> None:
+    def __init__(self, target: str, credentials: PeerCredentials | None = None) -> None:
         self.target = target
-        self.tls = tls
+        self.credentials = credentials
         self._channel: grpc.aio.Channel | None = None
 
     def open(self) -> None:
         idempotent = [(self.full_name, m) for m in self.idempotent]
-        self._channel = open_channel(self.target, idempotent=idempotent, tls=self.tls)
+        self._channel = open_channel(self.target, idempotent=idempotent, credentials=self.credentials)
         self._channel.get_state(try_to_connect=True)  # start connecting now, without waiting for it
         self._bind(self._channel)
 
@@ -250,7 +249,7 @@ class InventoryGateway(_Gateway):
 
 
 class Gateways:
-    """The four gateways, opened and closed together; `tls` secures all four channels (None: plaintext)."""
+    """The four gateways, opened and closed together; `credentials` serve all four channels (None: plaintext, no API key)."""
 
     def __init__(
         self,
@@ -258,12 +257,12 @@ class Gateways:
         profile_target: str,
         scoring_target: str,
         inventory_target: str,
-        tls: TlsMaterial | None = None,
+        credentials: PeerCredentials | None = None,
     ) -> None:
-        self.identity = IdentityGateway(identity_target, tls)
-        self.profile = ProfileGateway(profile_target, tls)
-        self.scoring = ScoringGateway(scoring_target, tls)
-        self.inventory = InventoryGateway(inventory_target, tls)
+        self.identity = IdentityGateway(identity_target, credentials)
+        self.profile = ProfileGateway(profile_target, credentials)
+        self.scoring = ScoringGateway(scoring_target, credentials)
+        self.inventory = InventoryGateway(inventory_target, credentials)
         self._all = (self.identity, self.profile, self.scoring, self.inventory)
 
     def open(self) -> None:

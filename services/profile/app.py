@@ -9,10 +9,10 @@ from pathlib import Path
 from nextbest.profile.v1 import profile_service_pb2_grpc as pb_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from libs.clients import peer_credentials
 from libs.db import create_engine, migrate
 from libs.protoconv import utcnow
 from libs.server import Registration, ServiceApp
-from libs.tls import load_tls
 from services.profile.domain import ProfileService
 from services.profile.domain.lineage import LineageFollower
 from services.profile.resolver import IdentityClient
@@ -42,7 +42,7 @@ def build(settings: ProfileSettings) -> ServiceApp:
         repository, max_batch=settings.max_batch, recent_activity=settings.recent_activity
     )
     identity = IdentityClient(
-        settings.identity_target, settings.identity_timeout_seconds, tls=load_tls(settings.common)
+        settings.identity_target, settings.identity_timeout_seconds, credentials=peer_credentials(settings.common)
     )
     follower = LineageFollower(
         repository, identity, service.segments, service.changes, utcnow, settings.lineage_poll_seconds

@@ -14,9 +14,8 @@ from nextbest.common.v1 import common_pb2
 from nextbest.identity.v1 import identity_service_pb2 as identity_pb
 from nextbest.identity.v1 import identity_service_pb2_grpc as identity_grpc
 
-from libs.clients import Budget, open_channel
+from libs.clients import Budget, PeerCredentials, open_channel
 from libs.errors import InvalidArgument, Unavailable
-from libs.tls import TlsMaterial
 from services.profile.domain import Identifier
 from services.profile.domain.lineage import LineageEntry, LineageKind
 
@@ -31,16 +30,20 @@ _LINEAGE_KINDS = {identity_pb.LineageKind.Value(f"LINEAGE_KIND_{kind.name}"): ki
 class IdentityClient:
     """The channel to the identity service; hands out a Resolver bound to each request's budget."""
 
-    def __init__(self, target: str, timeout_seconds: float, tls: TlsMaterial | None = None) -> None:
+    def __init__(self, target: str, timeout_seconds: float, credentials: PeerCredentials | None = None) -> None:
         self._target = target
-        self._tls = tls
+        self._credentials = credentials
         self._timeout_seconds = timeout_seconds
         self._channel: grpc.aio.Channel | None = None
         self._stub: identity_grpc.IdentityServiceStub | None = None
 
     def open(self) -> None:
         """Open the channel; called on start so that it binds to the serving event loop."""
-        self._channel = open_channel(self._target, idempotent=[(IDENTITY_SERVICE, "Resolve"), (IDENTITY_SERVICE, "ListLineage")], tls=self._tls)
+        self._channel = open_channel(
+            self._target,
+            idempotent=[(IDENTITY_SERVICE, "Resolve"), (IDENTITY_SERVICE, "ListLineage")],
+            credentials=self._credentials,
+        )
         self._stub = identity_grpc.IdentityServiceStub(self._channel)
 
     def resolver(self, budget: Budget) -> IdentityResolver:

@@ -25,6 +25,7 @@ from nextbest.inventory.v1 import inventory_service_pb2 as inventory_pb
 from nextbest.inventory.v1 import inventory_service_pb2_grpc as inventory_grpc
 from nextbest.profile.v1 import profile_service_pb2 as profile_pb
 from nextbest.profile.v1 import profile_service_pb2_grpc as profile_grpc
+from pydantic import SecretStr
 
 from libs.auth.keystore import Keystore
 from libs.auth.server import KeystoreWatcher
@@ -271,19 +272,17 @@ async def test_web_and_call_centre_clients_are_bound_to_their_channel_and_operat
 # --- profile → identity, both authenticated -----------------------------------------------------------------------
 
 
-async def test_peer_hop_profile_to_identity_uses_the_processes_own_key(start, keys, sqlite_url, tmp_path,
-                                                                      monkeypatch, caplog):
+async def test_peer_hop_profile_to_identity_uses_the_processes_own_key(start, keys, sqlite_url, tmp_path, caplog):
     common = CommonSettings(data_dir=tmp_path)
     identity_server, _ = await start(
         build_identity(IdentitySettings(database_url=sqlite_url, port=0, common=common)), keystore=keys.watcher()
     )
-    profile_settings = ProfileSettings(
-        database_url=sqlite_url, port=0, identity_target=f"127.0.0.1:{identity_server.port}", common=common
-    )
-
     async def profile_with_own_key(client: str) -> profile_grpc.ProfileServiceStub:
-        # The profile process's own credential: its channel to identity sends it on every call.
-        monkeypatch.setenv("NEXTBEST_AUTH_TOKEN", keys.key[client])
+        # The profile process's own credential (NEXTBEST_AUTH_TOKEN): its channel to identity sends it on every call.
+        profile_settings = ProfileSettings(
+            database_url=sqlite_url, port=0, identity_target=f"127.0.0.1:{identity_server.port}",
+            common=common.model_copy(update={"auth_token": SecretStr(keys.key[client])}),
+        )
         _, channel = await start(build_profile(profile_settings), keystore=keys.watcher())
         return profile_grpc.ProfileServiceStub(channel)
 

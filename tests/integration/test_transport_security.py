@@ -25,7 +25,7 @@ from nextbest.profile.v1 import profile_service_pb2_grpc as ppb_grpc
 from cli.certs import create_certificates
 from cli.main import build_parser
 from cli.mesh import wait_healthy
-from libs.clients import open_channel
+from libs.clients import PeerCredentials, open_channel
 from libs.protoconv import to_timestamp
 from libs.server import GrpcServer, ServiceApp
 from libs.settings import CommonSettings
@@ -109,7 +109,7 @@ async def inventory(start: StartFn, sqlite_url: str, settings: CommonSettings) -
 
 
 async def stock_of_cap(target: str, tls: TlsMaterial | None) -> int:
-    async with open_channel(target, tls=tls) as channel:
+    async with open_channel(target, credentials=PeerCredentials(tls)) as channel:
         reply = await inventory_grpc.InventoryServiceStub(channel).CheckAvailability(
             inventory_pb.CheckAvailabilityRequest(skus=["CAP-1"]), timeout=5
         )
@@ -171,20 +171,20 @@ async def test_peer_hops_run_over_mutual_tls(start, pki, sqlite_url, tmp_path):
         page_view=ppb.PageView(page="home"),
     )
     visit.identifiers.append(common.Identifier(type=EMAIL, value="ann@example.com"))
-    async with open_channel(profile, tls=client(pki)) as channel:
+    async with open_channel(profile, credentials=PeerCredentials(client(pki))) as channel:
         answer = await ppb_grpc.ProfileServiceStub(channel).IngestEvents(
             ppb.IngestEventsRequest(events=[visit]), timeout=10
         )
     assert (answer.accepted, list(answer.rejected)) == (1, [])
 
-    async with open_channel(identity, tls=client(pki)) as channel:
+    async with open_channel(identity, credentials=PeerCredentials(client(pki))) as channel:
         resolved = await ipb_grpc.IdentityServiceStub(channel).Resolve(
             ipb.ResolveRequest(identifiers=[common.Identifier(type=EMAIL, value="ann@example.com")]), timeout=5
         )
     assert resolved.customer_id
 
     # The decision's gateway, built with decision's certificate, finds the same customer.
-    gateway = IdentityGateway(identity, load_tls(settings_as(pki, "decision", tmp_path)))
+    gateway = IdentityGateway(identity, PeerCredentials(load_tls(settings_as(pki, "decision", tmp_path))))
     gateway.open()
     try:
         assert await gateway.resolve([(EMAIL, "ann@example.com")], timeout=5, field="customer") == resolved.customer_id
