@@ -1,9 +1,10 @@
-"""`nextbest model ...`: the model lifecycle — list, show, promote, retire, train (CSV or decision log), compare.
+"""`nextbest model ...`: the model lifecycle — list, show, promote, retire, train (CSV, decision log or transactions),
+compare, and rescore (the nightly batch job writing model traits to the profile).
 
 list/show/promote/retire call the running scoring service (NEXTBEST_SCORING_PORT, `--target`); promotion is served
 by every scoring process within NEXTBEST_SCORING_REGISTRY_POLL_SECONDS. `train` and `compare` work offline next to
 the databases: `train` writes the artifact and registers it as a candidate in the scoring registry; `compare` reads
-the decision log (read-only).
+the decision log (read-only). `rescore` calls the running profile and scoring services.
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="lifetime value: a CSV of customer_id,occurred_at,amount,type (order|return); trains "
                        "future net spend over --horizon-days against an RFM baseline on a time split")
     train.add_argument("--horizon-days", type=int, default=365, help="lifetime-value horizon (default 365)")
+    train.add_argument("--churn-days", type=int, metavar="DAYS",
+                       help="with --transactions: train churn risk instead, the probability of no order in the next "
+                       "DAYS (e.g. 90), against a recency baseline on a time split")
     train.add_argument("--label", help="the label column (with --csv)")
     train.add_argument("--drop", nargs="+", default=[], metavar="COL", help="columns to leave out (e.g. leaking ones)")
     train.add_argument("--positive", help="the label value that means 'yes' (default: inferred, e.g. yes/1/true)")
@@ -85,6 +89,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--margin", type=float, help="override the auto-promotion margin (AUC points, e.g. 0.005)")
     train.add_argument("--json", action="store_true", help="print the model card as JSON")
     train.set_defaults(func=cmd_train)
+
+    rescore = commands.add_parser(
+        "rescore", parents=[common_options(timeout=60.0)],
+        help="nightly rescoring: score every customer with the use case's champion, write the predictions back to "
+        "the profile as model traits",
+        description="Reads every customer's features from the profile (ListFeatures), scores them with the champion "
+        "(ScoreBatch) and writes model_prediction events back (StreamEvents). Idempotent: re-running with the same "
+        "champion version changes nothing, so an interrupted run is simply run again. --target is the scoring service; --timeout bounds each "
+        "call.",
+    )
+    rescore.add_argument("use_case", help="e.g. lifetime_value, churn_risk")
+    rescore.add_argument("--batch", type=int, default=5000, help="customers per page (default 5000)")
+    rescore.add_argument("--profile-target", help="host:port of the profile service (default from settings)")
+    rescore.add_argument("--run-timeout", type=float, default=3600.0, help="deadline of the whole run, seconds")
+    rescore.set_defaults(func=cmd_rescore)
 
     compare = commands.add_parser(
         "compare", help="acceptance, revenue per decision and calibration per model version, from the decision log"
@@ -212,6 +231,45 @@ def _report(trained, as_json: bool) -> None:
         print(f"promote with: nextbest model promote {meta.use_case} {meta.version} [--challenger 0.1]")
 
 
+async def cmd_rescore(args: argparse.Namespace) -> int:
+    import grpc
+    from nextbest.profile.v1 import profile_service_pb2_grpc as profile_grpc
+    from nextbest.scoring.v1 import scoring_service_pb2_grpc as scoring_grpc
+
+    from cli.client import cli_channel, service_target
+    from libs.errors import NextBestError
+    from services.scoring.rescore import rescore
+
+    if args.batch < 1:
+        print("nextbest model rescore: --batch must be >= 1", file=sys.stderr)
+        return 2
+    async with (
+        cli_channel(args.profile_target or service_target("profile")) as profile_channel,
+        cli_channel(args.target or service_target("scoring")) as scoring_channel,
+    ):
+        try:
+            report = await rescore(
+                profile_grpc.ProfileServiceStub(profile_channel), scoring_grpc.ScoringServiceStub(scoring_channel),
+                args.use_case, page_size=args.batch, call_timeout=args.timeout, run_timeout=args.run_timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            print(f"nextbest model rescore: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+        except NextBestError as exc:
+            print(f"nextbest model rescore: {exc}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(orjson.dumps({**{k: getattr(report, k) for k in report.__slots__},
+                            "rows_per_second": report.rows_per_second}, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(f"rescored {report.use_case} with {report.model_name} {report.model_version}: {report.customers} "
+              f"customers read, {report.scored} scored, {report.skipped} skipped; {report.accepted} traits written, "
+              f"{report.duplicates} already written; {report.seconds:.1f}s, {report.rows_per_second:,.0f} rows/s")
+        if report.rejected:
+            print(f"  {report.rejected} predictions rejected, first: {report.first_rejection}", file=sys.stderr)
+    return 1 if report.rejected else 0
+
+
 def _margin(settings, args: argparse.Namespace) -> float | None:
     if not args.auto_promote:
         return None
@@ -225,6 +283,8 @@ async def cmd_train(args: argparse.Namespace) -> int:
 
     settings = load_settings(ScoringSettings)
     try:
+        if args.transactions is not None and args.churn_days is not None:
+            return await _train_churn(settings, args)
         if args.transactions is not None:
             return await _train_lifetime_value(settings, args)
         if args.csv is not None:
@@ -242,6 +302,27 @@ async def cmd_train(args: argparse.Namespace) -> int:
         print(f"nextbest model train: {exc}", file=sys.stderr)
         return 1
     _report(trained, args.json)
+    return 0
+
+
+async def _train_churn(settings, args: argparse.Namespace) -> int:
+    from services.scoring.lifetime_value import read_transactions
+    from services.scoring.offline import train_churn_candidate
+
+    transactions = read_transactions(args.transactions)
+    trained = await train_churn_candidate(settings, args.use_case, transactions, horizon_days=args.churn_days,
+                                          seed=args.seed, source=str(args.transactions))
+    meta, result = trained.metadata, trained.result
+    if args.json:
+        print(orjson.dumps(meta.to_json(), option=orjson.OPT_INDENT_2).decode())
+        return 0
+    print(f"registered {meta.use_case}/{meta.version} as a candidate; trained on features at "
+          f"{result.train_cutoff:%Y-%m-%d}, evaluated at {result.eval_cutoff:%Y-%m-%d} ({meta.row_counts})")
+    print(f"  {'hold-out':10s} {'AUC':>7s} {'PR-AUC':>7s} {'logloss':>8s} {'churned':>8s}")
+    for name, m in (("model", result.metrics), ("recency", result.baseline_metrics)):
+        print(f"  {name:10s} {m['auc']:7.3f} {m['pr_auc']:7.3f} {m['logloss']:8.3f} {m['base_rate']:8.1%}")
+    verdict = "beats" if result.beats_baseline else "does NOT beat"
+    print(f"  the model {verdict} the recency baseline on hold-out AUC")
     return 0
 
 

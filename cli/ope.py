@@ -5,13 +5,18 @@ Works offline next to the decision database, read-only, like `nextbest model com
 
     nextbest ope --since 14d --lever tee-discount=2 --reward revenue
     nextbest ope --policy uniform --reward accept --json
+
+`nextbest ope hillstrom` validates the estimators (and doubly robust) on a real randomised experiment instead; see
+services/decision/offline/hillstrom.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import asdict
 from datetime import datetime
+from pathlib import Path
 
 import orjson
 
@@ -124,6 +129,45 @@ async def cmd_ope(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Where the shared data folder keeps the experiment, next to this repository.
+HILLSTROM_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hillstrom" / "hillstrom.csv"
+
+
+def _yes_no(flag: bool | None) -> str:
+    return "-" if flag is None else ("yes" if flag else "NO")
+
+
+def cmd_hillstrom(args: argparse.Namespace) -> int:
+    from services.decision.offline.hillstrom import read_experiment, validate
+
+    try:
+        experiment = read_experiment(args.csv, args.reward)
+    except OSError as exc:
+        print(f"nextbest ope hillstrom: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"nextbest ope hillstrom: {args.csv}: {exc}", file=sys.stderr)
+        return 2
+    result = validate(experiment, seed=args.seed, resamples=args.resamples)
+    if args.json:
+        policies = [{**asdict(p), "ips_covers_observed": p.ips_covers_observed,
+                     "dr_covers_observed": p.dr_covers_observed} for p in result.policies]
+        print(orjson.dumps({**asdict(result), "policies": policies}, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    print(f"Hillstrom e-mail experiment, reward {result.reward}: reward model fitted on {result.train_rows} rows "
+          f"({result.trees} trees), policies estimated on the {result.held_out_rows} held-out rows (seed {result.seed})")
+    print(f"  {'policy':<22}{'IPS':<26}{'SNIPS':<26}{'doubly robust':<26}{'observed (held-out)':<26}in CI: IPS DR")
+    for value in result.policies:
+        evaluation = value.evaluation
+        observed = _show(value.observed) if value.observed else "-"
+        print(f"  {value.policy:<22}{_show(evaluation.ips):<26}{_show(evaluation.snips):<26}"
+              f"{_show(evaluation.dr):<26}{observed:<26}"
+              f"{_yes_no(value.ips_covers_observed):>9}{_yes_no(value.dr_covers_observed):>4}")
+    print("  the learned policy sends " + ", ".join(f"{a} to {n}" for a, n in result.learned_choices.items())
+          + " held-out customers")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("ope", help="off-policy evaluation of a candidate first-slot policy from the decision log")
     p.add_argument("--since", type=moment, default="7d", help="window start: an age (12h, 7d) or ISO-8601")
@@ -139,3 +183,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ope)
+
+    modes = p.add_subparsers(dest="mode", metavar="MODE")
+    h = modes.add_parser("hillstrom", help="validate IPS, SNIPS and doubly robust on the Hillstrom e-mail experiment")
+    h.add_argument("--csv", type=Path, default=HILLSTROM_CSV, help="the experiment's CSV (default: the shared data)")
+    h.add_argument("--reward", choices=("conversion", "visit", "spend"), default="conversion")
+    h.add_argument("--resamples", type=positive, default=1000, help="bootstrap resamples")
+    h.add_argument("--seed", type=int, default=0, help="the train / held-out split, the model and the bootstrap")
+    h.add_argument("--json", action="store_true")
+    h.set_defaults(func=cmd_hillstrom)

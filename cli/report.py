@@ -2,6 +2,9 @@
 
     nextbest report --since 7d --by offer,channel
     nextbest report --since 2026-11-01T00:00:00Z --until 2026-11-08T00:00:00Z --by segment --channel web --json
+    nextbest report --since 7d --by offer --html report.html --json report.json
+
+The table is one GetReport call. --html and --json add the totals and a time series (cli/report_html.py).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import argparse
 import math
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from nextbest.decision.v1 import decision_service_pb2 as decision_pb
 
@@ -49,7 +53,14 @@ def dimensions(text: str) -> list[str]:
     return names
 
 
-def _interval(estimate: decision_pb.Estimate, percent: bool) -> str:
+def width(text: str) -> timedelta:
+    """A time bucket width such as "15m", "1h" or "1d"."""
+    if match := _AGE.fullmatch(text.strip()):
+        return timedelta(**{_UNITS[match[2]]: float(match[1])})
+    raise argparse.ArgumentTypeError(f"{text!r}: not a width like 1h or 1d")
+
+
+def interval_text(estimate: decision_pb.Estimate, percent: bool) -> str:
     def show(value: float) -> str:
         if math.isinf(value):
             return "-inf" if value < 0 else "+inf"
@@ -58,7 +69,7 @@ def _interval(estimate: decision_pb.Estimate, percent: bool) -> str:
     return f"{show(estimate.value)} [{show(estimate.low)}, {show(estimate.high)}]"
 
 
-def _key(row: decision_pb.ReportRow, by: list[str]) -> list[str]:
+def row_key(row: decision_pb.ReportRow, by: list[str]) -> list[str]:
     values = {
         "offer": row.key.offer_id,
         "channel": CHANNEL_NAMES.get(row.key.channel, ""),
@@ -82,15 +93,15 @@ def format_report(reply: decision_pb.GetReportResponse, by: list[str]) -> str:
     for row in reply.rows:
         uplift = row.uplift if row.HasField("uplift") else None
         table.append([
-            *_key(row, by),
+            *row_key(row, by),
             f"{row.decisions}{'*' if row.below_min_sample else ''}",
             str(row.customers),
             str(row.accepts),
-            _interval(row.acceptance_rate, percent=True),
+            interval_text(row.acceptance_rate, percent=True),
             f"{row.revenue:.2f}",
-            _interval(row.revenue_per_decision, percent=False),
-            _interval(uplift.acceptance, percent=True) if uplift else "-",
-            _interval(uplift.revenue_per_decision, percent=False) if uplift else "-",
+            interval_text(row.revenue_per_decision, percent=False),
+            interval_text(uplift.acceptance, percent=True) if uplift else "-",
+            interval_text(uplift.revenue_per_decision, percent=False) if uplift else "-",
             f"{uplift.treatment_decisions}/{uplift.control_decisions}" if uplift else "-",
         ])
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
@@ -108,22 +119,40 @@ def format_report(reply: decision_pb.GetReportResponse, by: list[str]) -> str:
 async def cmd_report(args: argparse.Namespace) -> int:
     request = decision_pb.GetReportRequest(
         start_time=to_timestamp(args.since),
+        # One end for every call of a file report, so its totals, rows and time series cover the same decisions.
+        end_time=to_timestamp(args.until or utcnow()),
         group_by=[DIMENSIONS[name] for name in args.by],
         channel=CHANNELS[args.channel] if args.channel else 0,
         offer_id=args.offer or "",
         min_sample=args.min_sample,
     )
-    if args.until:
-        request.end_time.CopyFrom(to_timestamp(args.until))
-    reply = await _call(args, "decision", "GetReport", request)
-    if reply is not None and not args.json:
-        print(format_report(reply, args.by))
-    return _exit(reply)
+    if args.html is None and args.json_to is None:
+        reply = await _call(args, "decision", "GetReport", request)
+        if reply is not None:
+            print(format_report(reply, args.by))
+        return _exit(reply)
+
+    from cli.report_html import collect, render_html, to_json  # only file reports need it (and matplotlib)
+
+    async def get_report(one: decision_pb.GetReportRequest) -> decision_pb.GetReportResponse | None:
+        return await _call(args, "decision", "GetReport", one)
+
+    report = await collect(get_report, request, args.by, args.bucket)
+    if report is None:
+        return 1
+    if args.json_to == "-":
+        print(to_json(report))
+    elif args.json_to is not None:
+        Path(args.json_to).write_text(to_json(report) + "\n", encoding="utf-8")
+    if args.html is not None:
+        Path(args.html).write_text(render_html(report), encoding="utf-8")
+        print(f"wrote {args.html}")
+    return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "report", parents=[common_options(timeout=30.0)],
+        "report", parents=[common_options(timeout=30.0)], conflict_handler="resolve",  # --json takes a FILE here
         help="acceptance, revenue and uplift over the control group, per offer, channel, segment, model version",
     )
     p.add_argument("--since", type=moment, default="7d", help="window start: an age (90m, 12h, 7d, 2w) or ISO-8601 (default 7d)")
@@ -134,4 +163,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--offer", help="only showings of this offer")
     p.add_argument("--min-sample", type=int, default=0,
                    help="flag rows (or arms) with fewer decisions than this (default: the service's 100)")
-    p.set_defaults(func=cmd_report)
+    p.add_argument("--html", metavar="FILE",
+                   help="write a self-contained HTML report (headline, verdict, table, charts over time) to FILE")
+    p.add_argument("--json", nargs="?", const="-", dest="json_to", metavar="FILE",
+                   help="the report as JSON (rows, totals, time series) to FILE, or to stdout without one")
+    p.add_argument("--bucket", type=width, metavar="WIDTH",
+                   help="time bucket of the charts and series, e.g. 15m, 1h, 1d (default: 1h up to 2 days, else 1d)")
+    # The table and file reports print their own output, never the raw reply.
+    p.set_defaults(func=cmd_report, json=False)

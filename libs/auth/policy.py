@@ -41,6 +41,8 @@ METHOD_SCOPES: dict[str, str] = {
     "/nextbest.profile.v1.ProfileService/StreamEvents": "events.ingest",
     "/nextbest.profile.v1.ProfileService/GetProfile": "profiles.read",
     "/nextbest.profile.v1.ProfileService/GetFeatures": "features.read",
+    # Every customer's features at once: batch jobs (nightly rescoring) run as an operator, never a peer service.
+    "/nextbest.profile.v1.ProfileService/ListFeatures": "features.bulk_read",
     "/nextbest.profile.v1.ProfileService/WatchChanges": "changes.watch",
     "/nextbest.profile.v1.ProfileService/PutSegment": "segments.admin",
     "/nextbest.profile.v1.ProfileService/DeleteSegment": "segments.admin",

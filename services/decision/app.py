@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,13 +15,14 @@ from libs.metrics import meter
 from libs.server import Registration, ServiceApp
 from services.decision.cache import ChangeSubscription
 from services.decision.catalogue import CatalogueError, load_catalogue
+from services.decision.catalogue_watch import CatalogueWatcher, signature
 from services.decision.domain.arbitration import ArbitrationPolicy
 from services.decision.gateways import Gateways
 from services.decision.metrics import DecisionMetrics
 from services.decision.orchestrator import CustomerCaches, DecisionPolicy, DecisionService
 from services.decision.outbox import OutcomeForwarder
 from services.decision.servicer import DecisionServicer
-from services.decision.settings import DecisionSettings
+from services.decision.settings import DecisionSettings, StrategyOverrides
 from services.decision.storage import DecisionRepository
 
 FULL_NAME = "nextbest.decision.v1.DecisionService"
@@ -29,6 +31,19 @@ FULL_NAME = "nextbest.decision.v1.DecisionService"
 async def migrate_schema(engine: AsyncEngine) -> None:
     """Upgrade this service's tables to the newest revision: at start-up, or from `nextbest migrate`."""
     await migrate(engine, Path(__file__).parent / "migrations", "alembic_version_decision")
+
+
+def strategy_b_policy(strategy_a: ArbitrationPolicy, overrides: StrategyOverrides) -> ArbitrationPolicy:
+    """Strategy B of the A/B test: strategy A with the operator's overrides applied."""
+    names = {
+        "exploration_policy": "exploration",
+        "exploration_epsilon": "epsilon",
+        "exploration_top": "explore_top",
+        "min_priority": "min_priority",
+        "thompson_strength": "thompson_strength",
+    }
+    changed = {names[key]: value for key, value in overrides.model_dump(exclude={"weights"}).items() if value is not None}
+    return replace(strategy_a, **changed, weights=replace(strategy_a.weights, **overrides.weights))
 
 
 def build(settings: DecisionSettings) -> ServiceApp:
@@ -44,13 +59,17 @@ def build(settings: DecisionSettings) -> ServiceApp:
     forwarder = OutcomeForwarder(
         repository, gateways.profile, settings.outbox_batch_size, settings.outbox_interval_seconds
     )
+    strategy_a = ArbitrationPolicy(
+        long_dwell_seconds=settings.long_dwell_seconds,
+        min_priority=settings.min_priority,
+        epsilon=settings.exploration_epsilon,
+        explore_top=settings.exploration_top,
+        exploration=settings.exploration_policy,
+        thompson_draws=settings.thompson_draws,
+        thompson_strength=settings.thompson_strength,
+    )
     policy = DecisionPolicy(
-        arbitration=ArbitrationPolicy(
-            long_dwell_seconds=settings.long_dwell_seconds,
-            min_priority=settings.min_priority,
-            epsilon=settings.exploration_epsilon,
-            explore_top=settings.exploration_top,
-        ),
+        arbitration=strategy_a,
         warehouse_id=settings.warehouse_location_id,
         default_max_offers={
             "web": settings.max_offers_web,
@@ -62,12 +81,20 @@ def build(settings: DecisionSettings) -> ServiceApp:
         control_share=settings.control_share,
         control_offer=settings.control_offer,
         control_salt=settings.control_salt,
+        strategy_b=(
+            strategy_b_policy(strategy_a, settings.strategy_b or StrategyOverrides())
+            if settings.strategy_b_share > 0
+            else None
+        ),
+        strategy_b_share=settings.strategy_b_share,
+        strategy_salt=settings.strategy_salt,
     )
     caches = CustomerCaches(settings.cache_max_customers, settings.cache_max_age_seconds)
     metrics = DecisionMetrics(meter("nextbest.decision"), [caches.resolutions, caches.consents, caches.profiles])
     service = DecisionService(
         gateways, repository, policy, on_new_outcome=forwarder.wake, caches=caches, metrics=metrics
     )
+    watcher = CatalogueWatcher(service, settings.resolved_catalogue_dir, settings.catalogue_poll_seconds)
     # Each owner's change feed keeps its caches exact; with caching off there is nothing to subscribe to.
     subscriptions = (
         [
@@ -87,6 +114,7 @@ def build(settings: DecisionSettings) -> ServiceApp:
     )
 
     async def on_start() -> None:
+        loaded = signature(settings.resolved_catalogue_dir)  # before reading: an edit during the load is seen later
         try:
             service.use_catalogue(load_catalogue(settings.resolved_catalogue_dir))
         except CatalogueError as exc:
@@ -98,8 +126,11 @@ def build(settings: DecisionSettings) -> ServiceApp:
         for subscription in subscriptions:
             subscription.start()
         forwarder.start()
+        if settings.catalogue_poll_seconds:
+            watcher.start(loaded)
 
     async def on_stop() -> None:
+        await watcher.stop()
         await forwarder.stop()
         for subscription in subscriptions:
             await subscription.stop()
@@ -117,6 +148,7 @@ def build(settings: DecisionSettings) -> ServiceApp:
             "service": service,
             "gateways": gateways,
             "forwarder": forwarder,
+            "catalogue_watcher": watcher,
             "caches": caches,
             "subscriptions": subscriptions,
             "settings": settings,

@@ -18,6 +18,8 @@ from services.decision.domain.rules import STAGES, Rule, RuleError, compile_rule
 OFFER_TYPES = ("discount", "free_shipping", "loyalty_perk", "pre_order", "cross_sell", "service_action")
 CHANNELS = ("web", "pos", "call_center")
 TIERS = ("none", "bronze", "silver", "gold", "platinum")
+#: The files of a catalogue folder.
+CATALOGUE_FILES = ("offers.json", "products.json")
 
 
 class CatalogueError(ValueError):
@@ -62,6 +64,24 @@ class BudgetCap:
 
 
 @dataclass(frozen=True)
+class Scarcity:
+    """When the offer's product runs low, only valuable or loyal customers keep seeing it (see domain/scarcity.py).
+
+    The customer's value percentile is read off `value_percentiles` (percentile of the customer base -> the net
+    value reaching it, from the operator's profile report): no per-decision query of the whole base.
+    """
+
+    #: The policy applies while the product has fewer units than this at the fulfilling location.
+    below_units: int
+    #: Customers below this value percentile lose the offer while it is scarce (loyal tiers excepted).
+    min_value_percentile: float
+    #: Percentile (0-100) -> net value at that percentile, ascending.
+    value_percentiles: tuple[tuple[float, float], ...]
+    #: Tiers that keep the offer whatever their value, and go first.
+    loyal_tiers: tuple[str, ...] = ("gold", "platinum")
+
+
+@dataclass(frozen=True)
 class Offer:
     id: str
     name: str
@@ -89,6 +109,7 @@ class Offer:
     allow_same_type: bool = False
     contact: ContactPolicy | None = None
     budget: BudgetCap | None = None
+    scarcity: Scarcity | None = None
 
 
 @dataclass(frozen=True)
@@ -188,7 +209,10 @@ def parse_offer(entry: object, where: str) -> Offer:
         allow_same_type=_flag(entry, "allow_same_type", where),
         contact=_parse_contact(entry.get("contact_policy"), f"{where}.contact_policy"),
         budget=_parse_budget(entry.get("budget"), f"{where}.budget"),
+        scarcity=_parse_scarcity(entry.get("scarcity"), f"{where}.scarcity"),
     )
+    if offer.scarcity is not None and offer.product_id is None:
+        raise CatalogueError(f"{where}.scarcity: needs the offer's product_id (stock is counted per product)")
     return offer
 
 
@@ -268,6 +292,51 @@ def _parse_budget(doc: object, where: str) -> BudgetCap | None:
     return cap
 
 
+def _parse_scarcity(doc: object, where: str) -> Scarcity | None:
+    """`{"below_units", "min_value_percentile", "value_percentiles": {"80": 1200, ...}, "loyal_tiers"?}`."""
+    if doc is None:
+        return None
+    if not isinstance(doc, dict):
+        raise CatalogueError(f"{where}: expected an object")
+    unknown = set(doc) - set(Scarcity.__dataclass_fields__)
+    if unknown:
+        raise CatalogueError(f"{where}: unknown key(s) {sorted(unknown)}")
+    below_units = _positive(doc, "below_units", where, int)
+    if below_units is None:
+        raise CatalogueError(f"{where}.below_units: required")
+    minimum = doc.get("min_value_percentile")
+    if isinstance(minimum, bool) or not isinstance(minimum, (int, float)) or not 0 < minimum <= 100:
+        raise CatalogueError(f"{where}.min_value_percentile: expected a number in (0, 100], got {minimum!r}")
+    table = doc.get("value_percentiles")
+    if not isinstance(table, dict) or not table:
+        raise CatalogueError(f"{where}.value_percentiles: expected an object percentile -> net value")
+    percentiles: list[tuple[float, float]] = []
+    for key, value in table.items():
+        try:
+            percentile = float(key)
+        except ValueError:
+            raise CatalogueError(f"{where}.value_percentiles[{key!r}]: not a percentile") from None
+        if not 0 < percentile <= 100:
+            raise CatalogueError(f"{where}.value_percentiles[{key!r}]: percentile must be in (0, 100]")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise CatalogueError(f"{where}.value_percentiles[{key!r}]: expected a net value, got {value!r}")
+        percentiles.append((percentile, float(value)))
+    percentiles.sort()
+    for (low, low_value), (high, high_value) in zip(percentiles, percentiles[1:], strict=False):
+        if high_value < low_value:
+            raise CatalogueError(
+                f"{where}.value_percentiles: net value must not fall as the percentile rises ({low:g} -> {high:g})"
+            )
+    if percentiles[-1][0] < minimum:
+        raise CatalogueError(
+            f"{where}.value_percentiles: no listed percentile reaches min_value_percentile {minimum:g}"
+        )
+    tiers = doc.get("loyal_tiers", ["gold", "platinum"])
+    if not isinstance(tiers, list) or any(t not in TIERS for t in tiers):
+        raise CatalogueError(f"{where}.loyal_tiers: expected a list of tiers ({', '.join(TIERS)}), got {tiers!r}")
+    return Scarcity(below_units, float(minimum), tuple(percentiles), tuple(tiers))
+
+
 def parse_catalogue(offers_doc: object, products_doc: object) -> Catalogue:
     """Validate both documents and build the catalogue; the version combines the operator's label and a digest."""
     if not isinstance(offers_doc, dict) or not isinstance(offers_doc.get("offers"), list):
@@ -314,7 +383,7 @@ def parse_catalogue(offers_doc: object, products_doc: object) -> Catalogue:
 def load_catalogue(folder: Path) -> Catalogue:
     """Read and validate `offers.json` and `products.json` from the catalogue folder."""
     docs = []
-    for name in ("offers.json", "products.json"):
+    for name in CATALOGUE_FILES:
         path = folder / name
         try:
             docs.append(orjson.loads(path.read_bytes()))

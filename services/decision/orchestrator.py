@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -28,9 +29,10 @@ from libs.telemetry import tracer
 from services.decision.cache import CustomerCache
 from services.decision.catalogue import BudgetCap, Catalogue
 from services.decision.domain import contact
+from services.decision.domain.agent import avoid_lines, call_removals
 from services.decision.domain.arbitration import ArbitrationPolicy
 from services.decision.domain.eligibility import screen, without
-from services.decision.domain.experiment import arm_of
+from services.decision.domain.experiment import TREATMENT, TREATMENT_B, arm_of, strategy_arm
 from services.decision.domain.explain import Explanation, explanation
 from services.decision.domain.model import (
     ANONYMOUS,
@@ -101,6 +103,18 @@ class DecisionPolicy:
     control_share: float = 0.0
     control_offer: str = "random"
     control_salt: str = "control-1"
+    #: A/B test of arbitration strategies: strategy B's policy (None = no test), the share of treatment customers
+    #: it serves, and the salt of that assignment hash.
+    strategy_b: ArbitrationPolicy | None = None
+    strategy_b_share: float = 0.0
+    strategy_salt: str = "strategy-1"
+
+    def strategy(self, customer_id: str) -> tuple[str, ArbitrationPolicy]:
+        """The customer's arm and the arbitration policy it runs (control's draw ignores the policy's ranking)."""
+        arm = arm_of(customer_id, self.control_share, self.control_salt)
+        if arm == TREATMENT and self.strategy_b is not None:
+            arm = strategy_arm(customer_id, self.strategy_b_share, self.strategy_salt)
+        return arm, self.strategy_b if arm == TREATMENT_B and self.strategy_b is not None else self.arbitration
 
 
 class _Plan:
@@ -108,6 +122,7 @@ class _Plan:
 
     def __init__(self, budget: Budget, reserve_seconds: float) -> None:
         total = budget.remaining()
+        self.started = time.monotonic()  # for the logged latency
         self.budget = budget
         self.reserve = min(reserve_seconds, RESERVE_SHARE * total)
         self.stage_cap = STAGE_SHARE * total
@@ -194,8 +209,9 @@ class DecisionService:
         self.metrics = metrics or DecisionMetrics()
         self._tracer = tracer("nextbest.decision")  # a no-op one unless tracing is active
         self._on_new_outcome = on_new_outcome
-        self._catalogue: Catalogue | None = None
-        self._contact_lookback: timedelta | None = None
+        #: The catalogue in use and its contact-history lookback: one reference, swapped whole on reload, so a
+        #: decision that took it keeps a consistent pair (see `use_catalogue`).
+        self._loaded: tuple[Catalogue, timedelta | None] | None = None
         #: Offers whose budget is spent, as this process last saw the counters (start-up, then every accept it
         #: records). The cap itself is enforced in the database when an accept is recorded, so a stale set can
         #: only show a spent offer a little longer, never let it be accepted beyond its cap.
@@ -203,11 +219,11 @@ class DecisionService:
         self._rng = random.Random()  # exploration and control draws (seeded from the OS)
 
     def use_catalogue(self, catalogue: Catalogue) -> None:
-        self._catalogue = catalogue
-        self._contact_lookback = contact.lookback(catalogue)
+        """Serve `catalogue` from now on (start-up and hot reload): decisions already running keep theirs."""
+        self._loaded = (catalogue, contact.lookback(catalogue))
 
     async def load_budgets(self) -> None:
-        """Read the budget counters (start-up): which offers' budgets are already spent."""
+        """Read the budget counters (start-up, catalogue reload): which offers' budgets are already spent."""
         usage = await self.repository.budget_usage()
         self._spent = {
             offer.id
@@ -217,9 +233,13 @@ class DecisionService:
 
     @property
     def catalogue(self) -> Catalogue:
-        if self._catalogue is None:
+        return self._snapshot()[0]
+
+    def _snapshot(self) -> tuple[Catalogue, timedelta | None]:
+        """The catalogue and its lookback, read once: a reload mid-decision does not mix two catalogues."""
+        if self._loaded is None:
             raise FailedPrecondition("the offer catalogue is not loaded yet")
-        return self._catalogue
+        return self._loaded
 
     async def decide(self, request: DecideInput, budget: Budget) -> Decision:
         validate_decide(request)
@@ -230,7 +250,8 @@ class DecisionService:
         conclusion, scores = await self._offers(request.channel, request.context, customer, max_offers, plan, degraded)
         summary = {"rpc": "Decide", "max_offers": request.max_offers}
         return await self._persist(
-            request.channel, request.customer, request.context, customer, conclusion, scores, degraded, summary
+            request.channel, request.customer, request.context, customer, conclusion, scores, degraded, summary,
+            plan.started,
         )
 
     async def prioritize_call(self, ref: CustomerRef, call_reason: str, budget: Budget) -> CallDecision:
@@ -239,11 +260,14 @@ class DecisionService:
         degraded: list[str] = []
         customer = await self._customer(ref, plan, degraded)
         priority = call_priority(customer, call_reason)
+        avoid = avoid_lines(customer, call_reason)
         ctx = Context(call_reason=call_reason)
         conclusion, scores = await self._offers("call_center", ctx, customer, 1, plan, degraded)
-        summary = {"rpc": "PrioritizeCall", "priority": asdict(priority)}
-        decision = await self._persist("call_center", ref, ctx, customer, conclusion, scores, degraded, summary)
-        return CallDecision(priority, decision)
+        summary = {"rpc": "PrioritizeCall", "priority": asdict(priority), "avoid": list(avoid)}
+        decision = await self._persist(
+            "call_center", ref, ctx, customer, conclusion, scores, degraded, summary, plan.started
+        )
+        return CallDecision(priority, decision, avoid)
 
     async def record_outcome(self, outcome: OutcomeInput) -> bool:
         """Record an outcome once; True when its id was already recorded (nothing changed)."""
@@ -358,7 +382,7 @@ class DecisionService:
         self, channel: str, ctx: Context, customer: CustomerView, max_offers: int, plan: _Plan, degraded: list[str]
     ) -> tuple[Conclusion, Scores | None]:
         """Screen the catalogue, score and check stock in parallel, then conclude (pure)."""
-        catalogue = self.catalogue
+        catalogue, lookback = self._snapshot()
         with self._tracer.start_as_current_span("decision.eligibility") as span:
             screening = screen(catalogue, channel, ctx, customer, utcnow())
             product_ids = products_to_check(screening.eligible, channel, ctx, catalogue)
@@ -394,11 +418,14 @@ class DecisionService:
             else _skipped()
         )
         now = utcnow()
-        policies = self._policy_removals(screening.eligible, channel, customer, now, degraded)
+        policies = self._policy_removals(screening.eligible, channel, customer, now, degraded, lookback)
         (scores, scoring_failure), (levels, inventory_failure), removals = await asyncio.gather(
             scoring, inventory, _in_span(self._tracer, "decision.contact_policies", policies, {})
         )
         degraded.extend(reason for reason in (scoring_failure, inventory_failure) if reason)
+        if channel == "call_center":  # the agent's action must not contradict what the agent is told to avoid
+            removals = {**call_removals(screening.eligible, customer, ctx.call_reason), **removals}
+        arm, strategy = self.policy.strategy(customer.customer_id)
         with self._tracer.start_as_current_span("decision.arbitration") as span:
             conclusion = conclude(
                 catalogue=catalogue,
@@ -409,9 +436,9 @@ class DecisionService:
                 scores=scores,
                 stock=None if inventory_failure else StockView(levels or ()),
                 warehouse_id=self.policy.warehouse_id,
-                policy=self.policy.arbitration,
+                policy=strategy,
                 max_offers=max_offers,
-                arm=arm_of(customer.customer_id, self.policy.control_share, self.policy.control_salt),
+                arm=arm,
                 control_offer=self.policy.control_offer,
                 rng=self._rng,
             )
@@ -426,7 +453,13 @@ class DecisionService:
         return conclusion, scores
 
     async def _policy_removals(
-        self, eligible: tuple, channel: str, customer: CustomerView, now: datetime, degraded: list[str]
+        self,
+        eligible: tuple,
+        channel: str,
+        customer: CustomerView,
+        now: datetime,
+        degraded: list[str],
+        lookback: timedelta | None,
     ) -> dict[str, tuple[str, str]]:
         """Offers removed by a spent budget or by the customer's contact history.
 
@@ -436,7 +469,6 @@ class DecisionService:
         per-customer counters in this process keeps every replica exact and needs no rebuild on start.
         """
         removals = {o.id: ("budget_exhausted", "the offer's budget cap is spent") for o in eligible if o.id in self._spent}
-        lookback = self._contact_lookback
         limited = [o for o in eligible if o.contact is not None and o.id not in removals]
         if lookback is None or not limited or not customer.customer_id:
             return removals
@@ -480,6 +512,7 @@ class DecisionService:
         scores: Scores | None,
         degraded: list[str],
         summary: dict[str, Any],
+        started: float,
     ) -> Decision:
         """Persist the decision (one INSERT) and return it."""
         decision = Decision(
@@ -488,7 +521,7 @@ class DecisionService:
             channel=channel,
             offers=conclusion.offers,
             degraded_reasons=tuple(degraded),
-            catalogue_version=self.catalogue.version,
+            catalogue_version=conclusion.catalogue_version,
             model_version=scores.model_version if scores is not None else "",
             decided_at=utcnow(),
             no_offer_reason=conclusion.no_offer_reason,
@@ -534,6 +567,7 @@ class DecisionService:
                     "trace": conclusion.trace,
                     # As they were now, so the report can group by segment without reading today's memberships.
                     "segments": list(customer.traits.segments),
+                    "latency_ms": (time.monotonic() - started) * 1000.0,
                 }
             )
         self.metrics.decided(decision)

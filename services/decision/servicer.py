@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import grpc
 from nextbest.common.v1 import common_pb2
@@ -94,7 +94,17 @@ def report_query(request: pb.GetReportRequest) -> ReportQuery:
         channel=CHANNEL_NAMES.get(request.channel, "unknown") if request.channel else "",
         offer_id=request.offer_id,
         min_sample=request.min_sample or DEFAULT_MIN_SAMPLE,
+        bucket_width=_bucket_width(request),
     )
+
+
+def _bucket_width(request: pb.GetReportRequest) -> timedelta | None:
+    if not request.HasField("bucket_width"):
+        return None
+    try:
+        return request.bucket_width.ToTimedelta()
+    except OverflowError as exc:  # seconds beyond what a timedelta holds
+        raise InvalidArgument("bucket_width", "not a valid duration") from exc
 
 
 def estimate(interval: Interval) -> pb.Estimate:
@@ -123,7 +133,17 @@ def report_row(row: ReportRow) -> pb.ReportRow:
         revenue=row.revenue,
         revenue_per_decision=estimate(row.revenue_per_decision),
         below_min_sample=row.below_min_sample,
+        degraded=row.degraded,
     )
+    if row.bucket_start is not None:
+        message.key.bucket_start.CopyFrom(to_timestamp(row.bucket_start))
+    if row.latency is not None:
+        latency = row.latency
+        message.latency.CopyFrom(
+            pb.LatencyPercentiles(
+                measured=latency.measured, p50_ms=latency.p50_ms, p95_ms=latency.p95_ms, p99_ms=latency.p99_ms
+            )
+        )
     if row.uplift is not None:
         u = row.uplift
         message.uplift.CopyFrom(
@@ -240,6 +260,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             reasons=answer.priority.reasons,
             degraded=decision.degraded,
             degraded_reasons=decision.degraded_reasons,
+            avoid=answer.avoid,
         )
         if decision.offers:
             response.next_best_action.CopyFrom(ranked_offer(decision.offers[0]))

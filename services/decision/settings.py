@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import SettingsConfigDict
 
 from libs.settings import ServiceSettings
+
+WeightName = Literal["long_dwell", "pays_for_shipping", "cart_match", "pays_full_price"]
+
+
+class StrategyOverrides(BaseModel):
+    """Strategy B of the A/B test: what it changes in the arbitration policy; unset fields stay as strategy A's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    exploration_policy: Literal["epsilon_greedy", "thompson"] | None = None
+    exploration_epsilon: float | None = Field(None, ge=0, le=1)
+    exploration_top: int | None = Field(None, ge=1, le=20)
+    min_priority: float | None = Field(None, ge=0)
+    thompson_strength: float | None = Field(None, gt=0)
+    #: Context weights (domain/arbitration.py) to replace, by name.
+    weights: dict[WeightName, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
 
 
 class DecisionSettings(ServiceSettings):
@@ -25,6 +41,12 @@ class DecisionSettings(ServiceSettings):
     inventory_target: str = Field("127.0.0.1:50054", description="host:port of the inventory service.")
     catalogue_dir: Path | None = Field(
         None, description="Folder with offers.json and products.json; unset means <data_dir>/catalogue."
+    )
+    catalogue_poll_seconds: float = Field(
+        5,
+        ge=0,
+        description="How often the catalogue folder is checked for edits; a new valid version is swapped in without "
+        "dropping requests, an invalid one is logged and ignored; 0 turns hot reload off.",
     )
 
     budget_web_ms: float = Field(100, gt=0, description="Decide budget for the web when the client sends no deadline.")
@@ -61,6 +83,20 @@ class DecisionSettings(ServiceSettings):
         "candidate; every shown offer's exact probability is logged.",
     )
     exploration_top: int = Field(5, ge=1, le=20, description="How many of the best candidates exploration draws from.")
+    exploration_policy: Literal["epsilon_greedy", "thompson"] = Field(
+        "epsilon_greedy",
+        description="How the first slot explores: epsilon_greedy (see exploration_epsilon) or thompson (Thompson "
+        "sampling over the top candidates; each offer's showing probability is a Monte Carlo estimate, logged).",
+    )
+    thompson_draws: int = Field(
+        1000, ge=100, le=100_000, description="Monte Carlo draws estimating Thompson sampling's showing probabilities."
+    )
+    thompson_strength: float = Field(
+        20,
+        gt=0,
+        description="Thompson sampling's confidence in the model: a propensity p is drawn from "
+        "Beta(1 + strength*p, 1 + strength*(1-p)); larger explores less.",
+    )
 
     control_share: float = Field(
         0.0,
@@ -73,6 +109,23 @@ class DecisionSettings(ServiceSettings):
     )
     control_salt: str = Field(
         "control-1", min_length=1, description="Salt of the control assignment hash; change it to re-draw the groups."
+    )
+
+    strategy_b_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="A/B test of arbitration strategies: share of treatment customers, by a hash of their id, served "
+        "by strategy B (arm treatment_b, recorded on each decision); 0 turns the test off.",
+    )
+    strategy_b: StrategyOverrides | None = Field(
+        None,
+        description='Strategy B as JSON overrides of the arbitration settings, e.g. {"exploration_policy": "thompson", '
+        '"weights": {"long_dwell": 2.0}}; keys exploration_policy, exploration_epsilon, exploration_top, min_priority, '
+        "thompson_strength, weights; unset means B is A (an A/A test of the assignment).",
+    )
+    strategy_salt: str = Field(
+        "strategy-1", min_length=1, description="Salt of the strategy assignment hash; change it to re-draw the arms."
     )
 
     cache_max_customers: int = Field(

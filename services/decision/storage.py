@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -26,6 +26,7 @@ from sqlalchemy import (
     Table,
     Text,
     case,
+    cast,
     column,
     distinct,
     func,
@@ -38,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from libs.db import as_utc, insert_for, reader, translate_errors
 from services.decision.domain.experiment import CONTROL, TREATMENT
 from services.decision.domain.model import PendingOutcome
-from services.decision.domain.report import ACCEPTED_OUTCOMES, ArmTotals, GroupTotals, ReportQuery
+from services.decision.domain.report import ACCEPTED_OUTCOMES, LATENCY_BOUNDS_MS, ArmTotals, GroupTotals, ReportQuery
 
 metadata = MetaData()
 
@@ -58,6 +59,8 @@ decisions = Table(
     Column("trace", JSON, nullable=False),
     #: The customer's profile segments at decision time (migration 0003; NULL for decisions logged before it).
     Column("segments", JSON, nullable=True),
+    #: Milliseconds from the request's arrival to the decision being ready to log (migration 0004; NULL before it).
+    Column("latency_ms", Float, nullable=True),
 )
 Index("ix_decision_decisions_customer_created", decisions.c.customer_id, decisions.c.created_at)
 Index("ix_decision_decisions_created", decisions.c.created_at)
@@ -266,13 +269,17 @@ class DecisionRepository:
         dimensions = query.group_by
         return [
             GroupTotals(
-                key={dimension: row[index] or "" for index, dimension in enumerate(dimensions)},
+                key={dimension: row._mapping[dimension] or "" for dimension in dimensions},
                 customers=row.customers,
                 impressions=row.impressions or 0,
                 clicks=row.clicks or 0,
                 purchases=row.purchases or 0,
                 treatment=ArmTotals(row.t_units or 0, row.t_accepts or 0, row.t_revenue or 0.0, row.t_revenue_sq or 0.0),
                 control=ArmTotals(row.c_units or 0, row.c_accepts or 0, row.c_revenue or 0.0, row.c_revenue_sq or 0.0),
+                bucket_start=datetime.fromtimestamp(int(row.bucket), UTC) if query.bucket_width else None,
+                degraded=row.degraded or 0,
+                latency_measured=row.latency_measured or 0,
+                latency_at_most=tuple(row._mapping[f"latency_le_{i}"] or 0 for i in range(len(LATENCY_BOUNDS_MS))),
             )
             for row in rows
             if row.t_units or row.c_units  # without GROUP BY an empty window still yields one all-NULL row
@@ -339,6 +346,15 @@ def _json_elements(array: Any, dialect: str, name: str, value_type: Any) -> Any:
     return function(array).table_valued(column("value", value_type)).alias(name)
 
 
+def _time_bucket(created_at: Any, width_seconds: int, dialect: str) -> Any:
+    """The start of the decision's time bucket in Unix seconds, buckets aligned to the epoch: whole hours and days
+    begin on the UTC hour and midnight. Dialect-specific like `_json_elements` (SQLite stores UTC text)."""
+    if dialect == "postgresql":
+        return func.floor(func.extract("epoch", created_at) / width_seconds) * width_seconds
+    seconds = cast(func.strftime("%s", created_at), Integer)
+    return seconds // width_seconds * width_seconds  # SQL integer division, exact (seconds are positive)
+
+
 def _report_statement(query: ReportQuery, dialect: str) -> Any:
     """Inner query: one row per unit (a decision, or a showing of an offer; times each segment when grouped by it)
     with its group values, arm, outcome flags and revenue. Outer query: per group, units and sums per arm."""
@@ -366,8 +382,14 @@ def _report_statement(query: ReportQuery, dialect: str) -> Any:
     def has(*types: str) -> Any:
         return func.max(case((outcomes.c.type.in_(types), 1), else_=0))
 
+    dimensions = list(query.group_by)
+    if query.bucket_width is not None:
+        group_values["bucket"] = _time_bucket(
+            decisions.c.created_at, int(query.bucket_width.total_seconds()), dialect
+        )
+        dimensions.insert(0, "bucket")
     # Grouped by their labels: PostgreSQL would not match an expression repeated with its own bound parameters.
-    wanted = [group_values[dimension].label(dimension) for dimension in query.group_by]
+    wanted = [group_values[dimension].label(dimension) for dimension in dimensions]
     is_control = (group_values["arm"] == CONTROL).label("is_control")
     conditions = [decisions.c.created_at >= query.start, decisions.c.created_at < query.end]
     if query.channel:
@@ -379,6 +401,8 @@ def _report_statement(query: ReportQuery, dialect: str) -> Any:
             *wanted,
             is_control,
             decisions.c.customer_id,
+            decisions.c.degraded,
+            decisions.c.latency_ms,
             has("impression").label("impression"),
             has("click").label("click"),
             has(*ACCEPTED_OUTCOMES).label("accepted"),
@@ -389,14 +413,18 @@ def _report_statement(query: ReportQuery, dialect: str) -> Any:
         .where(*conditions)
         # A unit is a decision (primary key), times its offer and segment when those are grouped by; with an
         # offer_id filter each decision has one showing left. The other columns depend on the decision.
-        .group_by(decisions.c.decision_id, *wanted, is_control, decisions.c.customer_id)
+        .group_by(
+            decisions.c.decision_id, *wanted, is_control, decisions.c.customer_id, decisions.c.degraded,
+            decisions.c.latency_ms,
+        )
         .subquery("units")
     )
 
     def per_arm(control: bool, value: Any) -> Any:
         return func.sum(case((units.c.is_control == control, value), else_=0))
 
-    keys = [units.c[dimension] for dimension in query.group_by]
+    keys = [units.c[dimension] for dimension in dimensions]
+    latency = units.c.latency_ms
     return (
         select(
             *keys,
@@ -404,6 +432,12 @@ def _report_statement(query: ReportQuery, dialect: str) -> Any:
             func.sum(units.c.impression).label("impressions"),
             func.sum(units.c.click).label("clicks"),
             func.sum(units.c.purchase).label("purchases"),
+            func.sum(case((units.c.degraded, 1), else_=0)).label("degraded"),
+            func.count(latency).label("latency_measured"),
+            *(
+                func.sum(case((latency <= bound, 1), else_=0)).label(f"latency_le_{index}")
+                for index, bound in enumerate(LATENCY_BOUNDS_MS)
+            ),
             *(
                 per_arm(control, value).label(f"{prefix}_{name}")
                 for prefix, control in (("t", False), ("c", True))

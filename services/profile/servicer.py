@@ -104,6 +104,7 @@ _PAYLOADS: dict[str, Callable[..., ev.Payload]] = {
     "store_visit": lambda m: ev.StoreVisit(m.store_id, m.duration.seconds + m.duration.nanos / 1e9),
     "login": lambda m: ev.Login(_CHANNELS.get(m.channel, "")),
     "ledger_entry": lambda m: ev.LedgerEntry(_vocabulary(_LEDGER_TYPES, m.type), m.amount, m.order_id),
+    "model_prediction": lambda m: ev.ModelPrediction(m.use_case, m.model_name, m.model_version, m.value),
 }
 
 
@@ -200,6 +201,15 @@ def _profile(view: ProfileView) -> pb.Profile:
             pb.SegmentMembership(segment=name, since=to_timestamp(since))
             for name, since in (view.segments or {}).items()
         ],
+        model_traits={
+            use_case: pb.ModelTrait(
+                value=trait.value,
+                model_name=trait.model_name,
+                model_version=trait.model_version,
+                scored_at=to_timestamp(trait.scored_at),
+            )
+            for use_case, trait in (view.model_traits or {}).items()
+        },
     )
 
 
@@ -290,6 +300,17 @@ class ProfileServicer(pb_grpc.ProfileServiceServicer):
         features = await self.service.get_features(request.customer_id, names)
         return pb.GetFeaturesResponse(
             customer_id=request.customer_id, features=features, values=[features[name] for name in names]
+        )
+
+    async def ListFeatures(
+        self, request: pb.ListFeaturesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListFeaturesResponse:
+        page = await self.service.list_features(list(request.names), request.page_size, request.page_token)
+        return pb.ListFeaturesResponse(
+            customer_ids=page.customer_ids,
+            names=page.names,
+            values=[value for row in page.rows for value in row],
+            next_page_token=page.next_page_token,
         )
 
     async def PutSegment(

@@ -497,6 +497,16 @@ class SqlProfileRepository:
             result = await connection.execute(delete(profile_segments).where(profile_segments.c.name == name))
             return result.rowcount > 0
 
+    async def state_documents(self, after: str, limit: int) -> list[tuple[str, dict[str, Any]]]:
+        async with translate_errors("read profiles"), self._engine.connect() as connection:
+            rows = await connection.execute(
+                select(profile_states.c.customer_id, profile_states.c.state)
+                .where(profile_states.c.customer_id > after)
+                .order_by(profile_states.c.customer_id)
+                .limit(limit)
+            )
+            return [(customer_id, state) for customer_id, state in rows]
+
     async def customer_ids(self, after: str, limit: int) -> list[str]:
         async with translate_errors("list customers"), self._engine.connect() as connection:
             rows = await connection.scalars(

@@ -187,7 +187,9 @@ def regression_metrics(actual: np.ndarray, predicted: np.ndarray) -> dict[str, f
 
 
 @dataclass(frozen=True)
-class LtvResult:
+class HistoryModelResult:
+    """A model trained on purchase histories with a time split, and its hold-out metrics next to its baseline's."""
+
     booster: xgb.Booster
     metrics: dict[str, float]
     baseline_metrics: dict[str, float]
@@ -195,23 +197,33 @@ class LtvResult:
     train_cutoff: datetime
     eval_cutoff: datetime
     params: dict[str, object]
+    #: The hold-out metric that decides whether the model beats its baseline, and which way is better.
+    deciding_metric: str
+    lower_is_better: bool
 
     @property
     def beats_baseline(self) -> bool:
-        return self.metrics["rmse"] < self.baseline_metrics["rmse"]
+        model, baseline = self.metrics[self.deciding_metric], self.baseline_metrics[self.deciding_metric]
+        return model < baseline if self.lower_is_better else model > baseline
 
 
-def train_lifetime_value(transactions: Iterable[Transaction], *, horizon: timedelta = timedelta(days=365),
-                         end: datetime | None = None, seed: int = 7) -> LtvResult:
-    """Train on features at end - 2*horizon, evaluate on features at end - horizon (see the module docstring)."""
+def time_split(transactions: Iterable[Transaction], horizon: timedelta, end: datetime | None
+               ) -> tuple[dict[str, list[Transaction]], datetime, datetime]:
+    """Histories by customer and the two cut-offs: train on features at end - 2*horizon, evaluate at end - horizon
+    (`end` defaults to the last transaction)."""
     by_customer: dict[str, list[Transaction]] = defaultdict(list)
     for t in transactions:
         by_customer[t.customer_id].append(t)
     if not by_customer:
         raise ValueError("no transactions")
     end = end or max(t.occurred_at for history in by_customer.values() for t in history)
-    eval_cutoff = end - horizon
-    train_cutoff = eval_cutoff - horizon
+    return by_customer, end - 2 * horizon, end - horizon
+
+
+def train_lifetime_value(transactions: Iterable[Transaction], *, horizon: timedelta = timedelta(days=365),
+                         end: datetime | None = None, seed: int = 7) -> HistoryModelResult:
+    """Train on features at end - 2*horizon, evaluate on features at end - horizon (see the module docstring)."""
+    by_customer, train_cutoff, eval_cutoff = time_split(transactions, horizon, end)
     _, x_train, y_train = snapshot(by_customer, train_cutoff, horizon)
     _, x_eval, y_eval = snapshot(by_customer, eval_cutoff, horizon)
     if len(y_train) < 50 or len(y_eval) < 20:
@@ -226,7 +238,7 @@ def train_lifetime_value(transactions: Iterable[Transaction], *, horizon: timede
     booster = trained[: trained.best_iteration + 1]
     predictions = booster.inplace_predict(x_eval)
     baseline = RfmBaseline(x_train, y_train).predict(x_eval)
-    return LtvResult(
+    return HistoryModelResult(
         booster=booster,
         metrics=regression_metrics(y_eval, predictions),
         baseline_metrics=regression_metrics(y_eval, baseline),
@@ -234,4 +246,6 @@ def train_lifetime_value(transactions: Iterable[Transaction], *, horizon: timede
         train_cutoff=train_cutoff,
         eval_cutoff=eval_cutoff,
         params={**LTV_PARAMS, "seed": seed, "trees": booster.num_boosted_rounds(), "horizon_days": horizon.days},
+        deciding_metric="rmse",
+        lower_is_better=True,
     )

@@ -29,8 +29,9 @@ from services.scoring.artifacts import (
     ModelStatus,
     model_columns,
 )
+from services.scoring.churn import train_churn
 from services.scoring.domain import FeatureSchema, RegisteredModel
-from services.scoring.lifetime_value import LTV_FEATURES, LtvResult, Transaction, train_lifetime_value
+from services.scoring.lifetime_value import LTV_FEATURES, HistoryModelResult, Transaction, train_lifetime_value
 from services.scoring.settings import ScoringSettings
 from services.scoring.storage import SqlModelRegistry
 from services.scoring.tabular import Dataset
@@ -199,7 +200,7 @@ async def train_from_rows(
 @dataclass(frozen=True)
 class TrainedLtv:
     metadata: ModelMetadata
-    result: LtvResult
+    result: HistoryModelResult
 
 
 async def train_lifetime_value_candidate(
@@ -220,6 +221,14 @@ async def train_lifetime_value_candidate(
         "baseline": {"model": "RFM quintile cells (mean future spend per cell)", "metrics": result.baseline_metrics},
         "beats_baseline": result.beats_baseline,
     })
+    return TrainedLtv(await _register_history_model(settings, use_case, result, metrics, card, horizon_days), result)
+
+
+async def _register_history_model(
+    settings: ScoringSettings, use_case: str, result: HistoryModelResult, metrics: dict[str, float],
+    card: dict[str, Any], horizon_days: int,
+) -> ModelMetadata:
+    """Register a model trained on transaction histories (RFM inputs, time split) as a candidate."""
     async with registry_for(settings) as (registry, store):
         champions = await registry.models(use_case, [ModelStatus.CHAMPION])
         now = utcnow()
@@ -233,4 +242,29 @@ async def train_lifetime_value_candidate(
         await asyncio.to_thread(store.write, metadata, result.booster)
         folder = settings.models_dir / metadata.use_case / metadata.version
         await registry.register([RegisteredModel.from_artifact(Artifact(folder, metadata), now)], now)
-    return TrainedLtv(metadata, result)
+    return metadata
+
+
+@dataclass(frozen=True)
+class TrainedChurn:
+    metadata: ModelMetadata
+    result: HistoryModelResult
+
+
+async def train_churn_candidate(
+    settings: ScoringSettings, use_case: str, transactions: Sequence[Transaction], *, horizon_days: int = 90,
+    seed: int = 7, source: str = "",
+) -> TrainedChurn:
+    """No-order-within-the-horizon classifier on a time split against the recency baseline; a candidate."""
+    result = await asyncio.to_thread(train_churn, transactions, horizon=timedelta(days=horizon_days), seed=seed)
+    metrics = _plain({**result.metrics, **{f"baseline_{k}": v for k, v in result.baseline_metrics.items()}})
+    card = _plain({
+        "data": {"source": source or "transactions", "transactions": len(transactions)},
+        "label": f"churned: no order in the {horizon_days} days after the cut-off",
+        "split": "time",
+        "train_cutoff": result.train_cutoff.isoformat(),
+        "evaluation_cutoff": result.eval_cutoff.isoformat(),
+        "baseline": {"model": "recency alone (days since the last order)", "metrics": result.baseline_metrics},
+        "beats_baseline": result.beats_baseline,
+    })
+    return TrainedChurn(await _register_history_model(settings, use_case, result, metrics, card, horizon_days), result)

@@ -38,6 +38,7 @@ ONE_OF_EACH = [
     ev.StoreVisit("S1", 600.0),
     ev.Login("web"),
     ev.LedgerEntry("refund", 9.99, "o-1"),
+    ev.ModelPrediction("lifetime_value", "lifetime-value-xgb", "20260301T120000Z", 412.5),
 ]
 
 

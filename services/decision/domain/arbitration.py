@@ -8,6 +8,13 @@ The context weight starts at 1 and is multiplied for what the customer is doing 
 | `pays_for_shipping` | x1.3   | a free-shipping offer, and the customer paid shipping on >= 50% of orders     |
 | `cart_match`        | x1.2   | the offer's product is in the cart (a nudge to check out)                      |
 | `pays_full_price`   | x0.7   | a discount, and >= 80% of the customer's units were bought at full price      |
+
+Exploration (optional) picks the first slot among the `explore_top` best candidates; the rest of the slate is filled
+greedily after it. Epsilon-greedy: the best with probability 1 - epsilon, else one drawn uniformly (probabilities
+exact). Thompson sampling: each candidate's propensity p is drawn from Beta(1 + n*p, 1 + n*(1 - p)) (n =
+`thompson_strength` pseudo-observations) and the highest sampled score wins; the probability of each first choice is
+estimated by Monte Carlo over `thompson_draws` draws (they sum to one exactly) and the choice is one of those draws,
+so a shown offer never has a logged probability of zero.
 """
 
 from __future__ import annotations
@@ -16,9 +23,13 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from services.decision.catalogue import Catalogue, Offer
 from services.decision.domain.model import Candidate, Context, CustomerView
 
+EPSILON_GREEDY = "epsilon_greedy"
+THOMPSON = "thompson"
 SHIPPING_PAID_THRESHOLD = 0.5
 FULL_PRICE_THRESHOLD = 0.8
 
@@ -40,6 +51,15 @@ class ArbitrationPolicy:
     #: best candidates drawn uniformly instead of the best.
     epsilon: float = 0.0
     explore_top: int = 5
+    #: EPSILON_GREEDY (explores only when epsilon > 0) or THOMPSON.
+    exploration: str = EPSILON_GREEDY
+    #: Thompson sampling: Monte Carlo draws estimating the first-slot probabilities, and the prior's strength.
+    thompson_draws: int = 1000
+    thompson_strength: float = 20.0
+
+    @property
+    def explores(self) -> bool:
+        return self.exploration == THOMPSON or self.epsilon > 0
 
 
 def context_weight(
@@ -90,9 +110,9 @@ class Arbitration:
     #: Offer id -> why a scored candidate was not returned: "below_min_priority", "diversity" (a better offer for
     #: the same product/SKU is in), "diversity_type" (a better offer of the same type is in), "beyond_max_offers".
     dropped: dict[str, str]
-    #: Returned offer id -> the exact probability that this policy shows it in this decision (1.0 when greedy).
+    #: Returned offer id -> the probability that this policy shows it in this decision (1.0 when greedy).
     shown_probability: dict[str, float] = field(default_factory=dict)
-    #: Exploration pool offer id -> the exact probability that it takes the first slot (they sum to one).
+    #: Exploration pool offer id -> the probability that it takes the first slot (they sum to one; Thompson: estimated).
     first_probability: dict[str, float] = field(default_factory=dict)
     explored: bool = False
 
@@ -115,15 +135,22 @@ def arbitrate(
         scored.append(Scored(candidate, weight, codes, score))
     scored.sort(key=lambda s: (-s.score, s.candidate.offer.id))  # ties broken by id: the same input ranks the same
     ranked, dropped = _fill(scored, policy.min_priority, max_offers, None)
-    if policy.epsilon <= 0 or not ranked:
+    if not policy.explores or not ranked:
         return Arbitration(tuple(ranked), tuple(scored), dropped, {s.candidate.offer.id: 1.0 for s in ranked})
-    # Epsilon-greedy over the first slot; the rest of the slate is filled greedily after it, so each possible
-    # first choice gives one slate and the probability of showing an offer is exact: the sum over those slates.
+    # The rest of the slate is filled greedily after the first choice, so each possible first choice gives one
+    # slate and the probability of showing an offer is the sum of its slates' first-choice probabilities.
     pool = [s for s in scored if s.score >= policy.min_priority][: max(1, policy.explore_top)]
     greedy = ranked[0]
-    first_probability = {
-        s.candidate.offer.id: (1 - policy.epsilon) * (s is greedy) + policy.epsilon / len(pool) for s in pool
-    }
+    rng = rng or random.Random()
+    if policy.exploration == THOMPSON:
+        first_probability, chosen = _thompson(pool, policy, rng)
+        explored = chosen is not greedy
+    else:
+        first_probability = {
+            s.candidate.offer.id: (1 - policy.epsilon) * (s is greedy) + policy.epsilon / len(pool) for s in pool
+        }
+        explored = rng.random() < policy.epsilon
+        chosen = rng.choice(pool) if explored else greedy
     shown: dict[str, float] = {}
     slates = {}
     for first in pool:
@@ -132,12 +159,24 @@ def arbitrate(
         for item in slate[0]:
             offer_id = item.candidate.offer.id
             shown[offer_id] = shown.get(offer_id, 0.0) + first_probability[first.candidate.offer.id]
-    explored = (rng or random.Random()).random() < policy.epsilon
-    if explored:
-        chosen = (rng or random.Random()).choice(pool)
-        ranked, dropped = slates[chosen.candidate.offer.id]
+    ranked, dropped = slates[chosen.candidate.offer.id]
     probabilities = {s.candidate.offer.id: shown[s.candidate.offer.id] for s in ranked}
     return Arbitration(tuple(ranked), tuple(scored), dropped, probabilities, first_probability, explored)
+
+
+def _thompson(pool: list[Scored], policy: ArbitrationPolicy, rng: random.Random) -> tuple[dict[str, float], Scored]:
+    """Monte Carlo first-slot probabilities under Thompson sampling, and the first choice (the first draw's)."""
+    propensity = np.array([s.candidate.propensity for s in pool])
+    # Score per unit of propensity (value x lever x context weight); the sampled propensity replaces the point one.
+    worth = np.array([s.candidate.offer.value * s.candidate.offer.lever * s.context_weight for s in pool])
+    strength = policy.thompson_strength
+    draws = np.random.default_rng(rng.getrandbits(64)).beta(
+        1 + strength * propensity, 1 + strength * (1 - propensity), size=(policy.thompson_draws, len(pool))
+    )
+    winners = np.argmax(draws * worth, axis=1)
+    wins = np.bincount(winners, minlength=len(pool))
+    first_probability = {s.candidate.offer.id: int(wins[i]) / policy.thompson_draws for i, s in enumerate(pool)}
+    return first_probability, pool[int(winners[0])]
 
 
 def _fill(

@@ -189,7 +189,8 @@ class DecidedOffer:
     prefill: Prefill | None = None
     script: str = ""
     stock: tuple[StockHint, ...] = ()
-    #: The exact probability that the decision policy (exploration, control draw) shows this offer; 1.0 if greedy.
+    #: The probability that the decision policy (exploration, control draw) shows this offer; 1.0 if greedy.
+    #: Exact, except under Thompson sampling (a Monte Carlo estimate).
     probability: float = 1.0
 
 
@@ -228,6 +229,8 @@ class CallDecision:
 
     priority: CallPriority
     decision: Decision
+    #: What the agent must not do on this call (domain/agent.py), most important first.
+    avoid: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

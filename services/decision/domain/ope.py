@@ -7,21 +7,25 @@ candidate policy gives its own probability `pi` for the same offer, and
 
 - IPS estimates the candidate's value as mean(pi/mu * reward) — unbiased when mu > 0 wherever pi > 0;
 - self-normalised IPS divides by the sum of the weights instead of n — a little biased, far less variable;
+- doubly robust adds a reward model q(x, a) supplied by the caller: mean(sum_a pi(a) q(x, a) + pi/mu * (reward -
+  q(x, logged))) — the model's prediction for the candidate, corrected by the weighted residual of what was logged.
+  Unbiased however wrong q is (the correction has the model's error as its expectation), and the better q, the
+  smaller the variance: a perfect q leaves only the reward's own noise;
 - the 95% intervals are percentiles of a bootstrap over decisions.
 
 Where the candidate puts mass on an offer the logging policy never chose (mu = 0: a greedy log holds no evidence
 about the others), IPS is blind; `unsupported` reports that mass so the number is not trusted silently. Exploration
 (`NEXTBEST_DECISION_EXPLORATION_EPSILON`) and the control group are what give the log its support.
 
-Pure: plain dicts from the stored trace in, numbers out (the CLI reads the log).
+Pure: plain dicts from the stored trace in, numbers out (the CLI reads the log; reward models are fitted offline).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from services.decision.domain.experiment import CONTROL
 
@@ -103,6 +107,41 @@ class UniformPolicy:
 
 
 @dataclass(frozen=True)
+class FixedPolicy:
+    """The same action in every round (e.g. "everyone gets the men's e-mail")."""
+
+    action: str
+
+    def probabilities(self, round_: Round) -> Mapping[str, float]:
+        return {self.action: 1.0}
+
+
+@dataclass(frozen=True, repr=False)
+class LookupPolicy:
+    """An action chosen beforehand for each decision id (e.g. a reward model's best action per customer)."""
+
+    choices: Mapping[str, str]
+    name: str = "lookup"
+
+    def probabilities(self, round_: Round) -> Mapping[str, float] | None:
+        action = self.choices.get(round_.decision_id)
+        return None if action is None else {action: 1.0}
+
+    def __repr__(self) -> str:  # not 32,000 choices in a report
+        return f"LookupPolicy({self.name!r}, {len(self.choices)} choices)"
+
+
+class Policy(Protocol):
+    def probabilities(self, round_: Round) -> Mapping[str, float] | None:
+        """pi over the first slot, or None when the policy cannot be evaluated on this round."""
+
+
+#: A reward model: the expected reward of each action in a round's context (what the candidate might choose).
+#: Actions it leaves out count as an expected reward of 0.
+RewardModel = Callable[[Round], Mapping[str, float]]
+
+
+@dataclass(frozen=True)
 class Estimate:
     value: float
     low: float
@@ -119,15 +158,40 @@ class Evaluation:
     effective_sample_size: float  # (sum w)^2 / sum w^2: how many decisions the estimate is really worth
     max_weight: float
     unsupported: float  # mean candidate mass on offers the logging policy never chose
+    dr: Estimate | None = None  # doubly robust, when a reward model was given
+
+
+#: Resamples drawn at once: the (chunk x rounds) draws stay small however long the log.
+_BOOTSTRAP_CHUNK = 64
+
+
+def _bootstrap_sums(columns: Sequence[Any], resamples: int, seed: int):
+    """The sums of each column (a 1-D array per quantity, one value per round) over `resamples` resamples of the
+    rounds with replacement: a (resamples x columns) array."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = len(columns[0])
+    sums = []
+    for done in range(0, resamples, _BOOTSTRAP_CHUNK):
+        drawn = rng.integers(0, n, size=(min(_BOOTSTRAP_CHUNK, resamples - done), n))
+        sums.append(np.column_stack([np.take(column, drawn).sum(axis=1) for column in columns]))
+    return np.concatenate(sums)
 
 
 def evaluate(
-    rounds: Sequence[Round], policy: GreedyPolicy | UniformPolicy, *, resamples: int = 1000, seed: int = 0
+    rounds: Sequence[Round],
+    policy: Policy,
+    *,
+    reward_model: RewardModel | None = None,
+    resamples: int = 1000,
+    seed: int = 0,
 ) -> Evaluation:
-    """IPS and self-normalised IPS of `policy` with percentile-bootstrap 95% intervals (seeded: reproducible)."""
+    """IPS, self-normalised IPS and (with a reward model) doubly robust estimates of `policy`, with
+    percentile-bootstrap 95% intervals (seeded: reproducible)."""
     import numpy as np  # the CLI's tool only; the serving path never loads it
 
-    weights, rewards, unsupported, skipped = [], [], 0.0, 0
+    weights, rewards, direct, unsupported, skipped = [], [], [], 0.0, 0
     for round_ in rounds:
         pi = policy.probabilities(round_)
         if pi is None or round_.propensity <= 0:
@@ -136,26 +200,38 @@ def evaluate(
         weights.append(pi.get(round_.action, 0.0) / round_.propensity)
         rewards.append(round_.reward)
         unsupported += sum(p for a, p in pi.items() if round_.logging.get(a, 0.0) <= 0)
+        if reward_model is not None:
+            q = reward_model(round_)
+            # The model's value of the candidate, and its prediction for what was logged (the residual's baseline).
+            direct.append((sum(p * q.get(a, 0.0) for a, p in pi.items()), q.get(round_.action, 0.0)))
     if not weights:
         nothing = Estimate(0.0, 0.0, 0.0)
-        return Evaluation(0, skipped, 0.0, nothing, nothing, 0.0, 0.0, 0.0)
+        return Evaluation(0, skipped, 0.0, nothing, nothing, 0.0, 0.0, 0.0, None if reward_model is None else nothing)
     w, r = np.asarray(weights), np.asarray(rewards)
-    samples = np.random.default_rng(seed).integers(0, len(w), size=(resamples, len(w)))
-    w_b, wr_b = w[samples], (w * r)[samples]
-    ips_b = wr_b.mean(axis=1)
+    n = len(w)
+    columns = [w * r, w]
+    if reward_model is not None:
+        q_pi, q_logged = np.asarray(direct).T
+        columns.append(q_pi + w * (r - q_logged))
+    sums = _bootstrap_sums(columns, resamples, seed)
+    point = [column.sum() for column in columns]
+
+    def estimate(value: float, resampled) -> Estimate:
+        return Estimate(float(value), *(float(q) for q in np.nanpercentile(resampled, [2.5, 97.5])))
+
     if w.sum() > 0:
         with np.errstate(invalid="ignore", divide="ignore"):
-            snips_b = wr_b.sum(axis=1) / w_b.sum(axis=1)  # NaN where a resample drew only zero weights
-        snips = Estimate(float((w * r).sum() / w.sum()), *(float(q) for q in np.nanpercentile(snips_b, [2.5, 97.5])))
+            snips = estimate(point[0] / point[1], sums[:, 0] / sums[:, 1])  # NaN where a resample drew no weight
     else:  # the candidate never agrees with the log: self-normalising has nothing to normalise
         snips = Estimate(math.nan, math.nan, math.nan)
     return Evaluation(
-        rounds=len(w),
+        rounds=n,
         skipped=skipped,
         logged_value=float(r.mean()),
-        ips=Estimate(float((w * r).mean()), *(float(q) for q in np.percentile(ips_b, [2.5, 97.5]))),
+        ips=estimate(point[0] / n, sums[:, 0] / n),
         snips=snips,
         effective_sample_size=float(w.sum() ** 2 / (w**2).sum()) if (w**2).sum() > 0 else 0.0,
         max_weight=float(w.max()),
-        unsupported=unsupported / len(w),
+        unsupported=unsupported / n,
+        dr=estimate(point[2] / n, sums[:, 2] / n) if reward_model is not None else None,
     )

@@ -13,11 +13,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from services.decision.catalogue import Catalogue
-from services.decision.domain.arbitration import ArbitrationPolicy, Scored, arbitrate
+from services.decision.domain.arbitration import THOMPSON, ArbitrationPolicy, Scored, arbitrate
 from services.decision.domain.eligibility import Screening, cart_products
 from services.decision.domain.experience import associate_actions, offer_script, stock_hints, web_prefill
 from services.decision.domain.experiment import CONTROL, TREATMENT
 from services.decision.domain.model import Candidate, Context, CustomerView, DecidedOffer, StockView
+from services.decision.domain.scarcity import scarcity_verdict
 from services.decision.domain.stock import stock_location, stock_verdict
 from services.decision.features import RequestContext
 
@@ -42,6 +43,8 @@ class Conclusion:
     trace: dict[str, Any]
     #: Empty when offers were returned; else NOTHING_ELIGIBLE or BELOW_MIN_PRIORITY.
     no_offer_reason: str = ""
+    #: The catalogue this decision was made from (a hot reload may swap it while the decision runs).
+    catalogue_version: str = ""
 
 
 def request_context(channel: str, ctx: Context) -> RequestContext:
@@ -77,18 +80,25 @@ def conclude(
     probability logged), or none ("none")."""
     location = stock_location(channel, ctx, warehouse_id)
     removed = dict(screening.removed)
+    details = dict(screening.details)
     candidates: list[Candidate] = []
     for offer in screening.eligible:
         keep, stock_code = stock_verdict(offer, stock, location, ctx, catalogue)
         if not keep:
             removed[offer.id] = stock_code
             continue
+        scarcity = scarcity_verdict(offer, stock, location, customer, catalogue) if stock is not None else None
+        if scarcity is not None and not scarcity.keep:
+            removed[offer.id] = scarcity.code
+            details[offer.id] = {"why": scarcity.why}
+            continue
         probability = scores.probabilities.get(offer.id) if scores is not None else None
         if probability is None:
             propensity, source = offer.base_propensity, "rule_propensity"
         else:
             propensity, source = probability, "model_propensity"
-        reasons = tuple(code for code in (stock_code, "consented" if offer.marketing else "") if code)
+        scarce_code = scarcity.code if scarcity is not None else ""
+        reasons = tuple(code for code in (stock_code, scarce_code, "consented" if offer.marketing else "") if code)
         candidates.append(Candidate(offer, propensity, source, reasons))
     if channel == "pos":
         candidates.extend(associate_actions(ctx, customer, catalogue, stock, ctx.store_id, warehouse_id))
@@ -121,7 +131,7 @@ def conclude(
     )
 
     considered: list[dict[str, Any]] = [
-        {"offer_id": oid, "removed": reason, **screening.details.get(oid, {})} for oid, reason in removed.items()
+        {"offer_id": oid, "removed": reason, **details.get(oid, {})} for oid, reason in removed.items()
     ]
     ranks = {o.offer_id: o.rank for o in offers}
     for item in arbitration.scored:
@@ -145,10 +155,13 @@ def conclude(
     trace: dict[str, Any] = {"considered": considered, "min_priority": policy.min_priority, "arm": arm, **control}
     if arbitration.first_probability:
         trace["exploration"] = {
+            "policy": policy.exploration,
             "epsilon": policy.epsilon,
             "explored": arbitration.explored,
             "first_probability": arbitration.first_probability,
         }
+        if policy.exploration == THOMPSON:  # the probabilities are Monte Carlo estimates over this many draws
+            trace["exploration"]["draws"] = policy.thompson_draws
     no_offer_reason = ""
     if not offers:
         if arm == CONTROL and control_offer != "random":
@@ -156,7 +169,7 @@ def conclude(
         else:
             no_offer_reason = BELOW_MIN_PRIORITY if arbitration.scored else NOTHING_ELIGIBLE
         trace["no_offer_reason"] = no_offer_reason
-    return Conclusion(offers, trace, no_offer_reason)
+    return Conclusion(offers, trace, no_offer_reason, catalogue.version)
 
 
 def _present(

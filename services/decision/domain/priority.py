@@ -9,6 +9,8 @@
 | open issues        | 8 per open service issue, at most 16               | `open_issue`                    |
 | recent returns     | 4 per return in 30 days, at most 8                 | `recent_returns`                |
 | call reason        | cancel 15, complaint 12 (churn risk), others 0     | `churn_risk_call_reason`        |
+| scarce-item call   | 15 for gold/platinum when the reason is a scarce-  | `scarce_item_loyal`             |
+|                    | item campaign ("scarce_item"): loyal ones go first |                                 |
 
 Tier: VIP from 70, PRIORITY from 45, else STANDARD. A caller with neither a profile nor orders is "unknown".
 """
@@ -29,6 +31,10 @@ FREQUENT_BUYER_ORDERS = 5
 OPEN_ISSUE_POINTS, OPEN_ISSUE_MAX = 8.0, 16.0
 RECENT_RETURN_POINTS, RECENT_RETURN_MAX = 4.0, 8.0
 CHURN_RISK_CALL_REASONS = {"cancel": 15.0, "complaint": 12.0}
+#: Call reasons of a scarce-item campaign (the IVR's "calling about <viral item>"): loyal customers jump the queue.
+SCARCE_ITEM_CALL_REASONS = frozenset({"scarce_item"})
+SCARCE_ITEM_LOYAL_TIERS = frozenset({"gold", "platinum"})
+SCARCE_ITEM_LOYAL_POINTS = 15.0
 VIP_FROM = 70
 PRIORITY_FROM = 45
 
@@ -64,10 +70,14 @@ def call_priority(customer: CustomerView, call_reason: str) -> CallPriority:
         points += min(RECENT_RETURN_MAX, RECENT_RETURN_POINTS * traits.recent_returns)
         reasons.append("recent_returns")
 
-    churn = CHURN_RISK_CALL_REASONS.get(call_reason.strip().lower(), 0.0)
+    reason = call_reason.strip().lower()
+    churn = CHURN_RISK_CALL_REASONS.get(reason, 0.0)
     if churn > 0:
         points += churn
         reasons.append("churn_risk_call_reason")
+    if reason in SCARCE_ITEM_CALL_REASONS and traits.loyalty_tier in SCARCE_ITEM_LOYAL_TIERS:
+        points += SCARCE_ITEM_LOYAL_POINTS
+        reasons.append("scarce_item_loyal")
 
     priority = int(round(min(100.0, max(0.0, points))))
     tier = "vip" if priority >= VIP_FROM else "priority" if priority >= PRIORITY_FROM else "standard"

@@ -9,14 +9,16 @@ arm), and `report_rows` turns them into rates, intervals and uplift. Definitions
 - revenue is the sum of the unit's outcome values; revenue per decision is its mean over units, zeros included;
 - uplift is treatment minus control within the same group: acceptance rates (Newcombe interval) and revenue per
   decision (Welch interval). Control customers get a random eligible offer or none, so this is what arbitration
-  adds over no targeting for the same kind of decision.
+  adds over no targeting for the same kind of decision;
+- with a bucket width, every group is also split by decision time (for charts over time); latency percentiles are
+  read off a fixed histogram the database counts, so no latency is ever shipped row by row.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from libs.stats import Moments, proportion_difference, welch_difference, wilson_interval
 
@@ -26,6 +28,13 @@ DIMENSIONS = ("offer", "channel", "segment", "model_version", "arm", "catalogue_
 ACCEPTED_OUTCOMES = ("accept", "purchase")
 #: Arms with fewer units than this are flagged when the request names no threshold.
 DEFAULT_MIN_SAMPLE = 100
+
+#: The narrowest time bucket: finer buckets would only chart noise and multiply the rows.
+MIN_BUCKET = timedelta(minutes=1)
+#: Upper bounds (ms) of the latency histogram, 1-2-3-5-7 steps: a percentile is exact to within its bucket.
+LATENCY_BOUNDS_MS = tuple(
+    float(step * 10**power) for power in range(4) for step in (1, 2, 3, 5, 7)
+) + (10_000.0,)
 
 Interval = tuple[float, float, float]  # estimate, low, high
 
@@ -38,6 +47,7 @@ class ReportQuery:
     channel: str = ""  # empty: every channel
     offer_id: str = ""  # empty: every offer
     min_sample: int = DEFAULT_MIN_SAMPLE
+    bucket_width: timedelta | None = None  # None: one row per group over the whole window
 
     @property
     def per_offer(self) -> bool:
@@ -61,7 +71,8 @@ class ArmTotals:
 
 @dataclass(frozen=True)
 class GroupTotals:
-    """What SQL aggregates for one group: `key` maps each grouped dimension to its value."""
+    """What SQL aggregates for one group: `key` maps each grouped dimension to its value; `latency_at_most` counts
+    the units whose latency is at most each of LATENCY_BOUNDS_MS, out of `latency_measured`."""
 
     key: Mapping[str, str]
     customers: int
@@ -70,6 +81,18 @@ class GroupTotals:
     purchases: int
     treatment: ArmTotals
     control: ArmTotals
+    bucket_start: datetime | None = None
+    degraded: int = 0
+    latency_measured: int = 0
+    latency_at_most: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Latency:
+    measured: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
 
 
 @dataclass(frozen=True)
@@ -94,11 +117,38 @@ class ReportRow:
     revenue_per_decision: Interval
     uplift: Uplift | None
     below_min_sample: bool
+    bucket_start: datetime | None = None
+    degraded: int = 0
+    latency: Latency | None = None
 
 
 def report_rows(groups: Sequence[GroupTotals], min_sample: int) -> list[ReportRow]:
-    """Rates, intervals and uplift for each group, ordered by key."""
-    return [_row(group, min_sample) for group in sorted(groups, key=lambda g: tuple(g.key.values()))]
+    """Rates, intervals and uplift for each group, ordered by time bucket, then key."""
+    return [
+        _row(group, min_sample)
+        for group in sorted(groups, key=lambda g: (g.bucket_start or datetime.min, *g.key.values()))
+    ]
+
+
+def histogram_quantile(quantile: float, measured: int, at_most: Sequence[int]) -> float:
+    """The quantile of a histogram (counts of values at most each of LATENCY_BOUNDS_MS), interpolating linearly
+    within the bucket it falls in; values beyond the last bound read as that bound."""
+    rank = quantile * measured
+    lower, below = 0.0, 0
+    for bound, count in zip(LATENCY_BOUNDS_MS, at_most, strict=True):
+        if count >= rank and count > below:
+            return lower + (bound - lower) * (rank - below) / (count - below)
+        lower, below = bound, count
+    return LATENCY_BOUNDS_MS[-1]
+
+
+def _latency(group: GroupTotals) -> Latency | None:
+    if not group.latency_measured:
+        return None
+    return Latency(
+        group.latency_measured,
+        *(histogram_quantile(q, group.latency_measured, group.latency_at_most) for q in (0.5, 0.95, 0.99)),
+    )
 
 
 def _row(group: GroupTotals, min_sample: int) -> ReportRow:
@@ -133,4 +183,7 @@ def _row(group: GroupTotals, min_sample: int) -> ReportRow:
         revenue_per_decision=both.revenue_moments.mean_interval(),
         uplift=uplift,
         below_min_sample=smallest < min_sample,
+        bucket_start=group.bucket_start,
+        degraded=group.degraded,
+        latency=_latency(group),
     )

@@ -5,10 +5,12 @@ from __future__ import annotations
 from libs.errors import InvalidArgument
 from services.decision.catalogue import CHANNELS
 from services.decision.domain.model import OUTCOME_TYPES, CustomerRef, DecideInput, OutcomeInput
-from services.decision.domain.report import DIMENSIONS, ReportQuery
+from services.decision.domain.report import DIMENSIONS, MIN_BUCKET, ReportQuery
 
 MAX_OFFERS_LIMIT = 20
 MAX_ID_LENGTH = 128
+#: A report's window holds at most this many time buckets (a chart's worth; bounds the rows one request returns).
+MAX_BUCKETS = 2000
 
 
 def validate_customer(ref: CustomerRef, field: str = "customer") -> None:
@@ -56,3 +58,8 @@ def validate_report(query: ReportQuery) -> None:
         raise InvalidArgument("offer_id", f"at most {MAX_ID_LENGTH} characters")
     if query.min_sample < 0:
         raise InvalidArgument("min_sample", "must not be negative")
+    if (width := query.bucket_width) is not None:
+        if width < MIN_BUCKET or width.microseconds:
+            raise InvalidArgument("bucket_width", "must be a whole number of seconds, at least 60")
+        if (query.end - query.start) / width > MAX_BUCKETS:
+            raise InvalidArgument("bucket_width", f"too narrow: the window would hold more than {MAX_BUCKETS} buckets")

@@ -188,6 +188,18 @@ class LedgerEntry:
     kind = "ledger_entry"
 
 
+@dataclass(frozen=True, slots=True)
+class ModelPrediction:
+    """A model's prediction written back by a batch scoring job; the event time is when it scored."""
+
+    use_case: str
+    model_name: str
+    model_version: str
+    value: float
+
+    kind = "model_prediction"
+
+
 Payload = (
     PageView
     | ProductView
@@ -204,6 +216,7 @@ Payload = (
     | StoreVisit
     | Login
     | LedgerEntry
+    | ModelPrediction
 )
 
 
@@ -318,4 +331,6 @@ def summarize(payload: Payload) -> str:
             return f"signed in{' on ' + channel if channel else ''}"
         case LedgerEntry(type=kind, amount=amount):
             return f"ledger {kind.replace('_', '-')} {_money(amount)}"
+        case ModelPrediction(use_case=use_case, model_version=version, value=value):
+            return f"model {use_case} {value:.4g} (version {version})"
     raise TypeError(f"unknown payload {payload!r}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from services.profile.domain.state import ProfileState
+from services.profile.domain.state import ProfileState, Traits
 
 #: Days since last purchase for a customer who never bought (a large value rather than -1, so that trees see
 #: "never" as "very long ago").
@@ -45,13 +45,39 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 
 
-def compute_features(state: ProfileState, now: datetime) -> dict[str, float]:
-    """The named features of one customer as of `now`, in FEATURE_NAMES order.
+#: Numeric traits a batch job may read beside the features (ListFeatures), e.g. the lifetime-value model's
+#: spend windows. They are not in FEATURE_NAMES: the online vector stays what the served models were trained on.
+TRAIT_COLUMNS: tuple[str, ...] = (
+    "spend_30d",
+    "spend_90d",
+    "spend_365d",
+    "orders_30d",
+    "orders_90d",
+    "orders_365d",
+    "return_rate_by_count",
+    "purchase_intent",
+)
+#: Every name ListFeatures answers: the features, then the trait columns.
+COLUMN_NAMES: tuple[str, ...] = FEATURE_NAMES + TRAIT_COLUMNS
+
+
+def compute_columns(state: ProfileState, now: datetime) -> dict[str, float]:
+    """The features and the trait columns of one customer as of `now`, in COLUMN_NAMES order (traits read once)."""
+    traits = state.traits(now)
+    columns = compute_features(state, now, traits)
+    columns.update((name, float(getattr(traits, name))) for name in TRAIT_COLUMNS)
+    return columns
+
+
+def compute_features(state: ProfileState, now: datetime, traits: Traits | None = None) -> dict[str, float]:
+    """The named features of one customer as of `now`, in FEATURE_NAMES order (`traits`: the state's traits as of
+    `now`, when the caller already has them).
 
     cart_items counts units (not lines); the browsing features look at last_viewed entries viewed within
-    BROWSING_WINDOW; tenure_days counts whole days since the customer's earliest event.
+    BROWSING_WINDOW; tenure_days counts whole days since the customer's earliest event. Model traits (batch
+    predictions) are deliberately not features: a model must not learn from another model's output by accident.
     """
-    traits = state.traits(now)
+    traits = traits or state.traits(now)
     recent_views = [view for view in traits.last_viewed if view.viewed_at >= now - BROWSING_WINDOW]
     mix = traits.return_method_mix
     days_since = traits.days_since_last_purchase

@@ -20,13 +20,13 @@ from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from libs.changefeed import ChangeFeed
 from libs.errors import InvalidArgument, NotFound, Unavailable
 from libs.protoconv import utcnow
 from services.profile.domain.events import AcceptedEvent, Event, Identifier, summarize
-from services.profile.domain.features import FEATURE_NAMES, compute_features
+from services.profile.domain.features import COLUMN_NAMES, FEATURE_NAMES, compute_columns, compute_features
 from services.profile.domain.lineage import LineageMoved
 from services.profile.domain.segments import (
     SegmentDefinition,
@@ -34,7 +34,7 @@ from services.profile.domain.segments import (
     check_name,
     compile_segment,
 )
-from services.profile.domain.state import ProfileState, Traits
+from services.profile.domain.state import ModelTrait, ProfileState, Traits
 from services.profile.domain.validation import MAX_ID_LENGTH, validate_event
 
 #: Resolve calls in flight at once for one batch: enough to hide latency, not enough to flood identity.
@@ -49,6 +49,11 @@ SEGMENT_PAGE = 500
 LINEAGE_RETRIES = 3
 MAX_MEMBERS_PAGE = 1000
 DEFAULT_MEMBERS_PAGE = 100
+#: ListFeatures pages: big enough that a batch job's round trips do not dominate, small enough for one message.
+DEFAULT_FEATURES_PAGE = 1000
+MAX_FEATURES_PAGE = 10_000
+#: Customers decoded and computed between two yields to the event loop (a few milliseconds of CPU each).
+FEATURES_CHUNK = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +110,18 @@ class ProfileView:
     features: dict[str, float] | None
     #: Segment name -> member since, for the segments currently defined.
     segments: dict[str, datetime] | None = None
+    #: Model use case -> its newest prediction (written back by batch scoring).
+    model_traits: dict[str, ModelTrait] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FeaturePage:
+    """One page of ListFeatures: a row of `names` values per customer, and the next page's token ("" at the end)."""
+
+    customer_ids: list[str]
+    names: tuple[str, ...]
+    rows: list[list[float]]
+    next_page_token: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +196,11 @@ class ProfileRepository(Protocol):
 
     async def delete_segment(self, name: str) -> bool:
         """Delete the definition (not the members); False when there was none."""
+        ...
+
+    async def state_documents(self, after: str, limit: int) -> list[tuple[str, dict[str, Any]]]:
+        """Up to `limit` customers' stored state documents (`ProfileState.to_document`) with ids after `after`, in
+        id order."""
         ...
 
     async def customer_ids(self, after: str, limit: int) -> list[str]:
@@ -367,6 +389,7 @@ class ProfileService:
             segments={
                 name: since for name, since in sorted(stored.state.segments.items()) if name in self.segments
             },
+            model_traits=dict(sorted(stored.state.model_traits.items())),
         )
 
     async def get_features(self, customer_id: str, names: Sequence[str] = ()) -> dict[str, float]:
@@ -380,6 +403,29 @@ class ProfileService:
             raise NotFound(f"customer {customer_id!r} has no profile")
         features = compute_features(state, self._clock())
         return {name: features[name] for name in names} if names else features
+
+    async def list_features(self, names: Sequence[str], page_size: int, page_token: str) -> FeaturePage:
+        """One page of every customer's feature (and trait column) values, in customer id order."""
+        for i, name in enumerate(names):
+            if name not in _COLUMNS:
+                raise InvalidArgument(f"names[{i}]", f"unknown feature {name!r}")
+        if page_size < 0:
+            raise InvalidArgument("page_size", "must be >= 0")
+        size = min(page_size or DEFAULT_FEATURES_PAGE, MAX_FEATURES_PAGE)
+        documents = await self._repository.state_documents(_decode_token(page_token), size + 1)
+        more = len(documents) > size
+        documents = documents[:size]
+        columns = tuple(names) or FEATURE_NAMES
+        now = self._clock()
+        rows = []
+        for start in range(0, len(documents), FEATURES_CHUNK):
+            if start:
+                await asyncio.sleep(0)  # let waiting requests (a Decide's GetProfile) run between chunks
+            for _, document in documents[start : start + FEATURES_CHUNK]:
+                values = compute_columns(ProfileState.from_document(document), now)
+                rows.append([values[name] for name in columns])
+        token = _encode_token(documents[-1][0]) if more else ""
+        return FeaturePage([customer_id for customer_id, _ in documents], columns, rows, token)
 
     # ------------------------------------------------------------------ segments
 
@@ -456,6 +502,7 @@ class ProfileService:
 
 
 _FEATURES = frozenset(FEATURE_NAMES)
+_COLUMNS = frozenset(COLUMN_NAMES)
 
 
 def _encode_token(customer_id: str) -> str:

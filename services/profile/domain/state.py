@@ -18,7 +18,9 @@ arrival order:
 - purchases (time, amount) are kept for the last SPEND_WINDOWS[-1] days, so spend and orders over 30/90/365 days
   are summed at read time over a bounded list; likewise the last few view times feed purchase intent;
 - favourite categories, brands, sizes and colours and the preferred channel are counters (bounded to
-  FAVOURITES_LIMIT keys by dropping the smallest), read as their top entries.
+  FAVOURITES_LIMIT keys by dropping the smallest), read as their top entries;
+- model traits keep, per use case, the prediction with the newest scoring time (a late re-run of an older model
+  version does not replace a newer one).
 
 The state is stored as a JSON document (`to_document` / `from_document`); missing keys read as defaults so new
 traits can be added without a data migration.
@@ -40,6 +42,7 @@ from services.profile.domain.events import (
     LedgerEntry,
     Login,
     LoyaltyChange,
+    ModelPrediction,
     OfferResponse,
     PageView,
     PreferenceUpdate,
@@ -92,6 +95,16 @@ class CartLine:
     sku: str
     quantity: int
     unit_price: float
+
+
+@dataclass(frozen=True, slots=True)
+class ModelTrait:
+    """The newest prediction of one model use case (e.g. predicted lifetime value) for the customer."""
+
+    value: float
+    model_name: str
+    model_version: str
+    scored_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +261,8 @@ class ProfileState:
     # back-office ledger
     ledger_refunds: float = 0.0
     write_offs: float = 0.0
+    # model use case -> its newest prediction (written back by batch scoring; not a feature input)
+    model_traits: dict[str, ModelTrait] = field(default_factory=dict)
     # segment name -> since when a member (maintained by the service's segment evaluation, not by `apply`)
     segments: dict[str, datetime] = field(default_factory=dict)
 
@@ -299,6 +314,13 @@ class ProfileState:
                     self.ledger_refunds += amount
                 else:
                     self.write_offs += amount
+            case ModelPrediction(use_case=use_case) as prediction:
+                kept = self.model_traits.get(use_case)
+                # Ties go to the higher version: re-runs at the same instant converge whatever the arrival order.
+                if kept is None or (at, prediction.model_version) >= (kept.scored_at, kept.model_version):
+                    self.model_traits[use_case] = ModelTrait(
+                        prediction.value, prediction.model_name, prediction.model_version, at
+                    )
             case PageView():
                 pass  # only recent activity and first_seen_at
 
@@ -552,6 +574,13 @@ class ProfileState:
             ("ledger_refunds", self.ledger_refunds),
             ("write_offs", self.write_offs),
             ("segments", self.segments),
+            (
+                "model_traits",
+                {
+                    use_case: [trait.value, trait.model_name, trait.model_version, trait.scored_at]
+                    for use_case, trait in self.model_traits.items()
+                },
+            ),
         )
         document.update([(key, value) for key, value in extra if value])
         return document
@@ -568,6 +597,7 @@ class ProfileState:
         cart_log = get("cart_log")
         return_times = get("return_times")
         segments = get("segments")
+        model_traits = get("model_traits")
         return cls(
             first_seen_at=_time(get("first_seen_at")),
             total_spend=get("total_spend", 0.0),
@@ -619,4 +649,12 @@ class ProfileState:
             ledger_refunds=get("ledger_refunds", 0.0),
             write_offs=get("write_offs", 0.0),
             segments={name: iso(since) for name, since in segments.items()} if segments else {},
+            model_traits=(
+                {
+                    use_case: ModelTrait(value, name, version, iso(at))
+                    for use_case, (value, name, version, at) in model_traits.items()
+                }
+                if model_traits
+                else {}
+            ),
         )

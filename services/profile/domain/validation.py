@@ -23,6 +23,7 @@ from services.profile.domain.events import (
     LedgerEntry,
     Login,
     LoyaltyChange,
+    ModelPrediction,
     OfferResponse,
     PageView,
     Payload,
@@ -36,6 +37,8 @@ from services.profile.domain.events import (
 )
 
 MAX_ID_LENGTH = 128
+#: Use cases are map keys of every profile: short names, not free text.
+MAX_USE_CASE_LENGTH = 64
 #: Producers' clocks drift; an event further ahead than this is a producer bug, not drift.
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 
@@ -159,3 +162,10 @@ def _validate_payload(payload: Payload) -> None:
             _non_negative(amount, f"{where}.amount")
             if not amount:
                 raise InvalidArgument(f"{where}.amount", "must be > 0")
+        case ModelPrediction(use_case=use_case, model_version=version, value=value):
+            _required(use_case, f"{where}.use_case")
+            if len(use_case) > MAX_USE_CASE_LENGTH:
+                raise InvalidArgument(f"{where}.use_case", f"at most {MAX_USE_CASE_LENGTH} characters")
+            _required(version, f"{where}.model_version")
+            if not math.isfinite(value):  # a regression may predict below zero, but never NaN or infinity
+                raise InvalidArgument(f"{where}.value", f"must be a finite number, got {value}")
