@@ -26,8 +26,8 @@ KUSTOMIZATIONS = ("base", "overlays/dev", "overlays/prod")
 #: The oldest Kubernetes the manifests must run on (native gRPC probes are GA since 1.27, CronJob timeZone 1.27).
 KUBERNETES_VERSION = "1.31"
 #: Who may call whom (README "Architecture"); the decision service is the front door, open to any client.
-CALLERS = {"identity": {"decision", "profile"}, "profile": {"decision"}, "scoring": {"decision"},
-           "inventory": {"decision"}}
+CALLERS = {"identity": {"decision", "profile"}, "profile": {"decision", "nextbest-rescore"},
+           "scoring": {"decision", "nextbest-rescore"}, "inventory": {"decision"}}
 CALLEES = {"decision": {"identity", "profile", "scoring", "inventory"}, "profile": {"identity"}}
 #: Stateless request/response services that scale horizontally; identity and profile keep one in-process
 #: change feed each, which the decision caches rely on.
@@ -154,6 +154,12 @@ def test_network_policies_allow_only_the_architectures_calls(kustomization):
             for rule in spec.get("egress", []) for peer in rule["to"]
         }
         assert callees == {callee: DEFAULT_PORTS[callee] for callee in CALLEES.get(name, ())}
+    rescore = policies["nextbest-rescore"]["spec"]
+    assert rescore["ingress"] == []
+    assert {
+        peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"]: rule["ports"][0]["port"]
+        for rule in rescore["egress"] for peer in rule["to"]
+    } == {"profile": DEFAULT_PORTS["profile"], "scoring": DEFAULT_PORTS["scoring"]}
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
@@ -184,6 +190,11 @@ def test_jobs_migrate_and_retrain_and_services_skip_migrating(kustomization):
     assert retrain["concurrencyPolicy"] == "Forbid"
     (train,) = retrain["jobTemplate"]["spec"]["template"]["spec"]["containers"]
     assert train["args"] == ["model", "train", "offer_propensity", "--auto-promote"]
+    rescore = of_kind(docs, "CronJob")["nextbest-rescore"]["spec"]
+    assert rescore["concurrencyPolicy"] == "Forbid"
+    (job,) = rescore["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert job["args"][:3] == ["model", "rescore", "lifetime_value"]
+    assert not [source for source in job.get("envFrom", ()) if "secretRef" in source]  # no database: RPCs only
     (settings,) = [doc for doc in docs if doc["kind"] == "ConfigMap" and doc["metadata"]["name"].startswith(
         "nextbest-settings")]
     assert settings["data"]["NEXTBEST_MIGRATE_ON_START"] == "false"
@@ -244,6 +255,12 @@ def test_prod_turns_on_mutual_tls_and_api_keys():
         assert os.path.dirname(settings["NEXTBEST_AUTH_KEYS_FILE"]) in mounted
         (token,) = [env for env in container["env"] if env["name"] == "NEXTBEST_AUTH_TOKEN"]
         assert token["valueFrom"]["secretKeyRef"] == {"name": "nextbest-auth", "key": f"{name}.token"}
+    rescore = of_kind(docs, "CronJob")["nextbest-rescore"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in rescore["volumes"]}["tls"]["secret"]["secretName"] == "nextbest-tls-rescore"
+    (container,) = rescore["containers"]
+    assert os.path.dirname(settings["NEXTBEST_TLS_CERT_FILE"]) in {m["mountPath"] for m in container["volumeMounts"]}
+    (token,) = [env for env in container["env"] if env["name"] == "NEXTBEST_AUTH_TOKEN"]
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "nextbest-auth", "key": "rescore.token"}
 
 
 @functools.cache
