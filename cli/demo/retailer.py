@@ -465,6 +465,8 @@ _NO_UPSELL_DURING_COMPLAINT = {
 }
 #: CEL rules (services/decision/domain/rules.py) added to the templates' offers, by offer id.
 _OFFER_RULES: dict[str, list[dict]] = {
+    "WEB-WELCOME-10": [{"id": "first_order", "stage": "eligibility", "when": "customer.order_count == 0",
+                        "why": "the welcome discount is for a customer's first order"}],
     "WEB-EARLY-ACCESS": [{"id": "gold_or_better", "stage": "eligibility", "when": "customer.tier_rank >= 3",
                           "why": "early access is a Gold and Platinum perk"}],
     "WEB-XSELL-BELT": [{"id": "few_returns", "stage": "suitability", "when": "customer.return_rate <= 0.5",

@@ -55,7 +55,7 @@ class DecisionSettings(ServiceSettings):
         250, gt=0, description="Decide/PrioritizeCall budget for the call centre when the client sends no deadline."
     )
     reserve_ms: float = Field(
-        15, ge=0, description="Time kept back from the dependency calls for arbitration and persisting the decision."
+        25, ge=0, description="Time kept back from the dependency calls for arbitration and persisting the decision."
     )
 
     max_offers_web: int = Field(3, ge=1, le=20, description="Offers returned to the web when the request says 0.")

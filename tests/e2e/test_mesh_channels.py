@@ -84,6 +84,45 @@ def test_ingesting_the_same_events_twice_applies_them_once(mesh, tmp_path):
     assert after["total_spend"] == pytest.approx(before.get("total_spend", 0) + 20.0)
 
 
+def test_a_pos_purchase_changes_the_web_offers_of_the_same_customer_moments_later(mesh, tmp_path):
+    """The first-order welcome discount stops being eligible on the web as soon as the customer buys in a store."""
+    email = f"e2e-{uuid.uuid4().hex[:8]}@example.com"
+    customer_id = mesh.call("resolve", "--email", email, "--create")["customer_id"]
+    mesh.call("consent", "grant", customer_id, "--purpose", "marketing", "--channel", "web")
+    web = ("decide", "--channel", "web", "--email", email, "--page", "home", "--max-offers", "10")
+
+    def welcome(decision: dict) -> dict:
+        """How the welcome offer fared in a decision: its entry in the stored trace (Explain)."""
+        considered = mesh.call("explain", decision["decision_id"]).get("considered", [])
+        (entry,) = [c for c in considered if c.get("offer_id") == "WEB-WELCOME-10"]
+        return entry
+
+    before = mesh.call(*web)
+    assert "first_order" not in json.dumps(welcome(before))  # eligible: a customer without orders
+
+    purchase = {
+        "event_id": f"e2e-pos-{uuid.uuid4().hex}",
+        "customer_id": customer_id,
+        "occurred_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 5)),
+        "source": "pos",
+        "purchase": {"order_id": f"POS-{uuid.uuid4().hex[:6]}", "channel": "CHANNEL_POS", "store_id": "S1",
+                     "lines": [{"sku": "X-1", "quantity": 1, "unit_price": 40.0, "list_price": 40.0}]},
+    }
+    path = tmp_path / "pos.jsonl"
+    path.write_text(json.dumps(purchase) + "\n")
+    assert mesh.call("ingest", str(path))["accepted"] == 1
+
+    # The profile's change feed drops the decision's cached profile: a web decision moments later sees the order.
+    deadline = time.monotonic() + 5
+    while True:
+        after = mesh.call(*web)
+        removed_for_first_order = "first_order" in json.dumps(welcome(after))
+        if removed_for_first_order or time.monotonic() > deadline:
+            break
+    assert removed_for_first_order, welcome(after)
+    assert "WEB-WELCOME-10" not in [o["offer_id"] for o in after.get("offers", [])]
+
+
 def test_bad_input_gets_invalid_argument_naming_the_field(mesh):
     bad = mesh.cli("decide", "--channel", "web", "--email", "not-an-email", check=False)
     assert bad.returncode == 1 and bad.stderr.startswith("INVALID_ARGUMENT") and "identifiers[0]" in bad.stderr

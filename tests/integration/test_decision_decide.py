@@ -152,7 +152,8 @@ async def test_a_client_deadline_bounds_the_call(database_url, serve, tmp_path):
     await mesh.stub.Decide(web_request(), timeout=5)  # warm connections: the budget is about hangs, not cold starts
     mesh.scoring.behaviour.delay = 5.0
     started = time.monotonic()
-    # A reply at all proves the budget: past the client's 0.4 s the call would end in DEADLINE_EXCEEDED instead.
+    # A reply at all proves the budget: past the client's 0.4 s (the channel's default budget is 10 s) the call would
+    # end in DEADLINE_EXCEEDED instead.
     reply = await mesh.stub.Decide(web_request(), timeout=0.4)
     assert time.monotonic() - started < 1.0  # and it did not wait for the 5 s scoring delay
     assert list(reply.degraded_reasons) == ["scoring_timeout"]

@@ -306,6 +306,9 @@ async def test_the_profile_serves_while_identity_is_down_and_catches_up_when_it_
     identity_server = GrpcServer(identity_app, "127.0.0.1", port, grace=0.5)
     await identity_server.start()
     identity_channel = open_channel(f"127.0.0.1:{port}")
+    # gRPC shares the profile's subchannel to this address, which may still be backing off from the refused
+    # connections: wait for the reconnect (at most the 2 s maximum backoff) instead of failing fast.
+    await asyncio.wait_for(identity_channel.channel_ready(), 10)
     try:
         identity_stub = ipb_grpc.IdentityServiceStub(identity_channel)
         a, b = await customer(identity_stub, "back-a@example.com"), await customer(identity_stub, "back-b@example.com")
@@ -372,4 +375,5 @@ async def test_journal_is_applied_once_across_restarts_and_concurrent_followers(
     assert (await get_profile(stub, a)).traits.total_spend == pytest.approx(50.0)  # a + c
     assert (await get_profile(stub, b)).traits.total_spend == pytest.approx(20.0)  # split back
     assert (await get_profile(stub, c)).customer_id == a
+
 
