@@ -309,42 +309,39 @@ async def _train_churn(settings, args: argparse.Namespace) -> int:
     from services.scoring.lifetime_value import read_transactions
     from services.scoring.offline import train_churn_candidate
 
-    transactions = read_transactions(args.transactions)
-    trained = await train_churn_candidate(settings, args.use_case, transactions, horizon_days=args.churn_days,
-                                          seed=args.seed, source=str(args.transactions))
-    meta, result = trained.metadata, trained.result
-    if args.json:
-        print(orjson.dumps(meta.to_json(), option=orjson.OPT_INDENT_2).decode())
-        return 0
-    print(f"registered {meta.use_case}/{meta.version} as a candidate; trained on features at "
-          f"{result.train_cutoff:%Y-%m-%d}, evaluated at {result.eval_cutoff:%Y-%m-%d} ({meta.row_counts})")
-    print(f"  {'hold-out':10s} {'AUC':>7s} {'PR-AUC':>7s} {'logloss':>8s} {'churned':>8s}")
-    for name, m in (("model", result.metrics), ("recency", result.baseline_metrics)):
-        print(f"  {name:10s} {m['auc']:7.3f} {m['pr_auc']:7.3f} {m['logloss']:8.3f} {m['base_rate']:8.1%}")
-    verdict = "beats" if result.beats_baseline else "does NOT beat"
-    print(f"  the model {verdict} the recency baseline on hold-out AUC")
-    return 0
+    trained = await train_churn_candidate(settings, args.use_case, read_transactions(args.transactions),
+                                          horizon_days=args.churn_days, seed=args.seed, source=str(args.transactions))
+    header = f"{'AUC':>7s} {'PR-AUC':>7s} {'logloss':>8s} {'churned':>8s}"
+    return _report_history_model(trained, args.json, ("recency", "recency"), header, "AUC", lambda m: (
+        f"{m['auc']:7.3f} {m['pr_auc']:7.3f} {m['logloss']:8.3f} {m['base_rate']:8.1%}"))
 
 
 async def _train_lifetime_value(settings, args: argparse.Namespace) -> int:
     from services.scoring.lifetime_value import read_transactions
     from services.scoring.offline import train_lifetime_value_candidate
 
-    transactions = read_transactions(args.transactions)
-    trained = await train_lifetime_value_candidate(settings, args.use_case, transactions,
+    trained = await train_lifetime_value_candidate(settings, args.use_case, read_transactions(args.transactions),
                                                    horizon_days=args.horizon_days, seed=args.seed,
                                                    source=str(args.transactions))
+    header = f"{'RMSE':>10s} {'MAE':>10s} {'Spearman':>9s} {'top-decile spend':>17s}"
+    return _report_history_model(trained, args.json, ("RFM cells", "RFM"), header, "RMSE", lambda m: (
+        f"{m['rmse']:10.2f} {m['mae']:10.2f} {m['spearman']:9.3f} {m['top_decile_spend_share']:17.1%}"))
+
+
+def _report_history_model(trained, as_json: bool, baseline: tuple[str, str], header: str, deciding: str, row) -> int:
+    """The registered candidate of a purchase-history model (LTV, churn) and its hold-out metrics vs its baseline
+    (`baseline`: its row label and its name in the verdict; `row` formats one metrics dict under `header`)."""
     meta, result = trained.metadata, trained.result
-    if args.json:
+    if as_json:
         print(orjson.dumps(meta.to_json(), option=orjson.OPT_INDENT_2).decode())
         return 0
     print(f"registered {meta.use_case}/{meta.version} as a candidate; trained on features at "
           f"{result.train_cutoff:%Y-%m-%d}, evaluated at {result.eval_cutoff:%Y-%m-%d} ({meta.row_counts})")
-    print(f"  {'hold-out':10s} {'RMSE':>10s} {'MAE':>10s} {'Spearman':>9s} {'top-decile spend':>17s}")
-    for name, m in (("model", result.metrics), ("RFM cells", result.baseline_metrics)):
-        print(f"  {name:10s} {m['rmse']:10.2f} {m['mae']:10.2f} {m['spearman']:9.3f} {m['top_decile_spend_share']:17.1%}")
+    print(f"  {'hold-out':10s} {header}")
+    for name, metrics in (("model", result.metrics), (baseline[0], result.baseline_metrics)):
+        print(f"  {name:10s} {row(metrics)}")
     verdict = "beats" if result.beats_baseline else "does NOT beat"
-    print(f"  the model {verdict} the RFM baseline on hold-out RMSE")
+    print(f"  the model {verdict} the {baseline[1]} baseline on hold-out {deciding}")
     return 0
 
 
