@@ -30,7 +30,9 @@ def format_explanation(reply: decision_pb.ExplainResponse) -> str:
     if ranked:
         lines.append("returned:")
         lines += [
-            f"  {o.rank}. {o.offer_id}  {_factors(o)}" + (f"  [shown with p={o.probability:.3f}]" if o.probability < 1 else "")
+            f"  {o.rank}. {o.offer_id}  {_factors(o)}"
+            + (f"  [shown with p={o.probability:.3f}]" if o.probability < 1 else "")
+            + (f"\n     {o.why}" if o.why else "")
             for o in ranked
         ]
     dropped = by_fate.get(decision_pb.OFFER_FATE_DROPPED, [])
@@ -48,9 +50,12 @@ def format_explanation(reply: decision_pb.ExplainResponse) -> str:
 
 def _factors(offer: decision_pb.ConsideredOffer) -> str:
     weights = f" ({', '.join(offer.factors)})" if offer.factors else ""
+    scaled = (
+        f" x value factor {offer.value_factor:.3g} [{offer.value_factor_source}]" if offer.value_factor_source else ""
+    )
     return (
         f"score {offer.score:.4f} = propensity {offer.propensity:.4f} [{offer.propensity_source}] x value "
-        f"{offer.value:g} x lever {offer.lever:g} x context {offer.context_weight:g}{weights}"
+        f"{offer.value:g}{scaled} x lever {offer.lever:g} x context {offer.context_weight:g}{weights}"
     )
 
 

@@ -83,10 +83,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=int, default=7)
     train.add_argument(
         "--auto-promote", action="store_true",
-        help="scheduled retraining (cron / Kubernetes CronJob): promote the candidate to champion only if its hold-out "
-        "AUC beats the champion's on the same rows by NEXTBEST_SCORING_AUTO_PROMOTE_MARGIN (or --margin)",
+        help="scheduled retraining (cron / Kubernetes CronJob): promote the candidate to champion only if it beats the "
+        "champion on the same hold-out rows by NEXTBEST_SCORING_AUTO_PROMOTE_MARGIN (or --margin): classifiers by AUC "
+        "points, lifetime value by a relative RMSE reduction",
     )
-    train.add_argument("--margin", type=float, help="override the auto-promotion margin (AUC points, e.g. 0.005)")
+    train.add_argument("--margin", type=float,
+                       help="override the auto-promotion margin (AUC points, or the fraction of the champion's RMSE "
+                       "for lifetime value; e.g. 0.005)")
     train.add_argument("--json", action="store_true", help="print the model card as JSON")
     train.set_defaults(func=cmd_train)
 
@@ -220,15 +223,7 @@ def _report(trained, as_json: bool) -> None:
     verdict = "beats" if trained.result.beats_baseline else "does NOT beat"
     print(f"  the model {verdict} the logistic-regression baseline on hold-out AUC")
     _print_card(meta.card | {"baseline": None})
-    if comparison := trained.comparison:
-        print(f"  champion {comparison['champion_version']} on the same hold-out: AUC {comparison['champion_auc']:.4f} "
-              f"(candidate {comparison['candidate_auc']:.4f})")
-    if trained.promoted:
-        print(f"promoted {meta.use_case}/{meta.version} to champion (served within the registry poll interval)")
-    elif getattr(trained, "comparison", None) is not None and comparison.get("margin") is not None:
-        print(f"kept the champion: the candidate does not beat it by {comparison['margin']} AUC")
-    else:
-        print(f"promote with: nextbest model promote {meta.use_case} {meta.version} [--challenger 0.1]")
+    _report_promotion(trained)
 
 
 async def cmd_rescore(args: argparse.Namespace) -> int:
@@ -310,7 +305,8 @@ async def _train_churn(settings, args: argparse.Namespace) -> int:
     from services.scoring.offline import train_churn_candidate
 
     trained = await train_churn_candidate(settings, args.use_case, read_transactions(args.transactions),
-                                          horizon_days=args.churn_days, seed=args.seed, source=str(args.transactions))
+                                          horizon_days=args.churn_days, seed=args.seed, source=str(args.transactions),
+                                          auto_promote_margin=_margin(settings, args))
     header = f"{'AUC':>7s} {'PR-AUC':>7s} {'logloss':>8s} {'churned':>8s}"
     return _report_history_model(trained, args.json, ("recency", "recency"), header, "AUC", lambda m: (
         f"{m['auc']:7.3f} {m['pr_auc']:7.3f} {m['logloss']:8.3f} {m['base_rate']:8.1%}"))
@@ -322,7 +318,8 @@ async def _train_lifetime_value(settings, args: argparse.Namespace) -> int:
 
     trained = await train_lifetime_value_candidate(settings, args.use_case, read_transactions(args.transactions),
                                                    horizon_days=args.horizon_days, seed=args.seed,
-                                                   source=str(args.transactions))
+                                                   source=str(args.transactions),
+                                                   auto_promote_margin=_margin(settings, args))
     header = f"{'RMSE':>10s} {'MAE':>10s} {'Spearman':>9s} {'top-decile spend':>17s}"
     return _report_history_model(trained, args.json, ("RFM cells", "RFM"), header, "RMSE", lambda m: (
         f"{m['rmse']:10.2f} {m['mae']:10.2f} {m['spearman']:9.3f} {m['top_decile_spend_share']:17.1%}"))
@@ -342,7 +339,25 @@ def _report_history_model(trained, as_json: bool, baseline: tuple[str, str], hea
         print(f"  {name:10s} {row(metrics)}")
     verdict = "beats" if result.beats_baseline else "does NOT beat"
     print(f"  the model {verdict} the {baseline[1]} baseline on hold-out {deciding}")
+    _report_promotion(trained)
     return 0
+
+
+def _report_promotion(trained) -> None:
+    """The champion comparison on the candidate's hold-out and auto-promotion's verdict."""
+    meta, comparison = trained.metadata, trained.comparison
+    if comparison is not None:
+        metric = comparison["metric"]
+        print(f"  champion {comparison['champion_version']} on the same hold-out: {metric.upper()} "
+              f"{comparison[f'champion_{metric}']:.4f} (candidate {comparison[f'candidate_{metric}']:.4f})")
+    if trained.promoted:
+        print(f"promoted {meta.use_case}/{meta.version} to champion (served within the registry poll interval)")
+    elif comparison is not None and comparison.get("margin") is not None:
+        metric, margin = comparison["metric"], comparison["margin"]
+        by = f"{margin:.1%} lower {metric.upper()}" if comparison["lower_is_better"] else f"{margin} {metric.upper()}"
+        print(f"kept the champion: the candidate does not beat it by {by}")
+    else:
+        print(f"promote with: nextbest model promote {meta.use_case} {meta.version} [--challenger 0.1]")
 
 
 async def read_decision_log(database_url: str, since: datetime | None = None):

@@ -1,10 +1,14 @@
-"""`nextbest ope`: off-policy evaluation of a candidate first-slot policy from the decision log (IPS and
-self-normalised IPS with bootstrap intervals; see services/decision/domain/ope.py for what the numbers mean).
+"""`nextbest ope`: off-policy evaluation of a candidate first-slot policy from the decision log (IPS,
+self-normalised IPS and doubly robust with bootstrap intervals; see services/decision/domain/ope.py for what the
+numbers mean, and services/decision/offline/reward_model.py for the cross-fitted reward model behind DR).
 
 Works offline next to the decision database, read-only, like `nextbest model compare`:
 
     nextbest ope --since 14d --lever tee-discount=2 --reward revenue
     nextbest ope --policy uniform --reward accept --json
+    nextbest ope --reward-model none --attribution-window 1d
+
+A round's reward counts only the outcomes within the attribution window after its decision (the report's rule).
 
 `nextbest ope hillstrom` validates the estimators (and doubly robust) on a real randomised experiment instead; see
 services/decision/offline/hillstrom.py.
@@ -15,14 +19,15 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import asdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import orjson
 
-from cli.report import moment
+from cli.report import length_text, moment, window_length
 from libs.protoconv import utcnow
 from libs.settings import load_settings
+from services.decision.domain.report import DEFAULT_ATTRIBUTION_WINDOW
 
 
 def lever(text: str) -> tuple[str, float]:
@@ -50,27 +55,48 @@ def positive(text: str) -> int:
     return value
 
 
-async def read_rounds(database_url: str, start: datetime, end: datetime, reward: str) -> list:
+def folds(text: str) -> int:
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{text}: cross-fitting needs at least 2 folds")
+    return value
+
+
+async def read_rounds(
+    database_url: str, start: datetime, end: datetime, reward: str, window: timedelta = DEFAULT_ATTRIBUTION_WINDOW
+) -> list:
     """The window's decisions as first-slot rounds; the rewards are summed per decision and offer in SQL."""
+    rounds, _ = await read_log(database_url, start, end, reward, window)
+    return rounds
+
+
+async def read_log(
+    database_url: str, start: datetime, end: datetime, reward: str, window: timedelta = DEFAULT_ATTRIBUTION_WINDOW
+) -> tuple[list, dict]:
+    """The window's decisions as first-slot rounds, and each round's context (by decision id) for the reward
+    model; a reward counts the outcomes within `window` after the decision."""
     from sqlalchemy import case, func, select, text
 
     from libs.db import create_engine
     from services.decision.domain.ope import logged_round
     from services.decision.domain.report import ACCEPTED_OUTCOMES
-    from services.decision.storage import decisions, outcomes
+    from services.decision.offline.reward_model import round_context
+    from services.decision.storage import attributed, decisions, outcomes
 
     in_window = (decisions.c.created_at >= start, decisions.c.created_at < end)
-    per_offer = (
-        select(
-            outcomes.c.decision_id,
-            outcomes.c.offer_id,
-            func.sum(outcomes.c.revenue).label("revenue"),
-            func.max(case((outcomes.c.type.in_(ACCEPTED_OUTCOMES), 1), else_=0)).label("accepted"),
+
+    def per_offer(dialect: str):
+        return (
+            select(
+                outcomes.c.decision_id,
+                outcomes.c.offer_id,
+                func.sum(outcomes.c.revenue).label("revenue"),
+                func.max(case((outcomes.c.type.in_(ACCEPTED_OUTCOMES), 1), else_=0)).label("accepted"),
+            )
+            .join(decisions, decisions.c.decision_id == outcomes.c.decision_id)
+            .where(*in_window, attributed(outcomes.c.occurred_at, decisions.c.created_at, window, dialect))
+            .group_by(outcomes.c.decision_id, outcomes.c.offer_id)
         )
-        .join(decisions, decisions.c.decision_id == outcomes.c.decision_id)
-        .where(*in_window)
-        .group_by(outcomes.c.decision_id, outcomes.c.offer_id)
-    )
     engine = create_engine(database_url, pool_size=1)
     try:
         async with engine.connect() as connection:
@@ -78,21 +104,22 @@ async def read_rounds(database_url: str, start: datetime, end: datetime, reward:
                 await connection.execute(text("SET TRANSACTION READ ONLY"))
             earned = {
                 (row.decision_id, row.offer_id): float(row.revenue if reward == "revenue" else row.accepted)
-                for row in await connection.execute(per_offer)
+                for row in await connection.execute(per_offer(connection.dialect.name))
             }
             logged = await connection.execute(
-                select(decisions.c.decision_id, decisions.c.offers, decisions.c.trace)
+                select(decisions.c.decision_id, decisions.c.offers, decisions.c.trace, decisions.c.request)
                 .where(*in_window)
                 .order_by(decisions.c.created_at, decisions.c.decision_id)
             )
-            rounds = []
+            rounds, contexts = [], {}
             for row in logged:
                 first = next((o["offer_id"] for o in row.offers or () if o.get("rank") == 1), "")
                 value = earned.get((row.decision_id, first), 0.0)
                 rounds.append(logged_round(row.decision_id, row.offers or (), row.trace or {}, value))
+                contexts[row.decision_id] = round_context(row.request or {}, row.trace or {})
     finally:
         await engine.dispose()
-    return rounds
+    return rounds, contexts
 
 
 def _show(estimate) -> str:
@@ -101,27 +128,41 @@ def _show(estimate) -> str:
 
 async def cmd_ope(args: argparse.Namespace) -> int:
     from services.decision.domain.ope import GreedyPolicy, UniformPolicy, evaluate
+    from services.decision.offline.reward_model import cross_fit
     from services.decision.settings import DecisionSettings
 
-    url = load_settings(DecisionSettings).resolved_database_url
-    rounds = await read_rounds(url, args.since, args.until or utcnow(), args.reward)
+    settings = load_settings(DecisionSettings)
+    window = args.attribution_window or timedelta(seconds=settings.attribution_window_seconds)
+    rounds, contexts = await read_log(
+        settings.resolved_database_url, args.since, args.until or utcnow(), args.reward, window
+    )
     policy = (
         UniformPolicy()
         if args.policy == "uniform"
         else GreedyPolicy(levers=dict(args.lever), epsilon=args.epsilon, top=args.top)
     )
-    result = evaluate(rounds, policy, resamples=args.resamples, seed=args.seed)
+    # Every logged round trains the reward model, also those the policy skips (control draws).
+    model = None
+    if args.reward_model != "none" and len(rounds) >= 2:
+        model = cross_fit(rounds, contexts, binary=args.reward == "accept", folds=args.folds, seed=args.seed,
+                          model=args.reward_model)
+    result = evaluate(rounds, policy, reward_model=model, resamples=args.resamples, seed=args.seed)
+    described = "none" if model is None else f"{model.model}, {model.folds}-fold cross-fitted"
     if args.json:
-        print(orjson.dumps({"policy": repr(policy), "reward": args.reward, **asdict(result)},
+        print(orjson.dumps({"policy": repr(policy), "reward": args.reward, "reward_model": described,
+                            "attribution_window_seconds": window.total_seconds(), **asdict(result)},
                            option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode())
         return 0
-    print(f"{args.policy} policy, reward {args.reward}, {result.rounds} decisions ({result.skipped} skipped)")
+    print(f"{args.policy} policy, reward {args.reward}, {result.rounds} decisions ({result.skipped} skipped), "
+          f"outcomes within {length_text(window)} of each decision")
     if not result.rounds:
         print("no decisions to evaluate in the window")
         return 0
-    print(f"  logged policy    {result.logged_value:.4f}")
+    print(f"  logging policy   {_show(result.logged)}  (observed: the sanity line)")
     print(f"  IPS              {_show(result.ips)}")
     print(f"  SNIPS            {_show(result.snips)}")
+    if result.dr is not None:
+        print(f"  doubly robust    {_show(result.dr)}  (reward model: {described})")
     print(f"  effective n      {result.effective_sample_size:.1f} (max weight {result.max_weight:.2f})")
     if result.unsupported > 0:
         print(f"  WARNING: {result.unsupported:.1%} of the candidate's choices were never made by the logging policy; "
@@ -179,6 +220,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epsilon", type=share, default=0.0, help="the candidate's exploration share")
     p.add_argument("--top", type=positive, default=5, help="how many of the best the candidate explores among")
     p.add_argument("--reward", choices=("revenue", "accept"), default="revenue")
+    p.add_argument("--reward-model", choices=("auto", "xgboost", "per_offer_mean", "none"), default="auto",
+                   help="doubly robust's cross-fitted reward model: auto is XGBoost when the folds hold enough "
+                   "decisions, else a shrunk per-offer mean; none skips DR")
+    p.add_argument("--folds", type=folds, default=5, help="cross-fitting folds (at least 2)")
+    p.add_argument("--attribution-window", type=window_length, metavar="LENGTH",
+                   help="count an outcome only within this long after its decision: 12h, 7d, or seconds "
+                   "(default: NEXTBEST_DECISION_ATTRIBUTION_WINDOW_SECONDS)")
     p.add_argument("--resamples", type=positive, default=1000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")

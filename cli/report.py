@@ -3,6 +3,10 @@
     nextbest report --since 7d --by offer,channel
     nextbest report --since 2026-11-01T00:00:00Z --until 2026-11-08T00:00:00Z --by segment --channel web --json
     nextbest report --since 7d --by offer --html report.html --json report.json
+    nextbest report --since 30d --attribution-window 1d
+
+Outcomes count towards a decision only within the attribution window after it (default: the service's
+NEXTBEST_DECISION_ATTRIBUTION_WINDOW_SECONDS, 7 days); the window applied is printed and in the HTML and JSON.
 
 The table is one GetReport call. --html and --json add the totals and a time series (cli/report_html.py).
 """
@@ -60,6 +64,30 @@ def width(text: str) -> timedelta:
     raise argparse.ArgumentTypeError(f"{text!r}: not a width like 1h or 1d")
 
 
+def window_length(text: str) -> timedelta:
+    """An attribution window: a length like "90m", "12h", "7d", "2w", or a number of seconds."""
+    try:
+        length = width(text)
+    except argparse.ArgumentTypeError:
+        try:
+            length = timedelta(seconds=float(text))
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f"{text!r}: not a length like 7d or a number of seconds") from None
+    if length <= timedelta(0):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be positive")
+    return length
+
+
+def length_text(length: timedelta) -> str:
+    """ "7 days", "1 hour", "90 minutes", "45 seconds": the largest unit that divides the length."""
+    seconds = length.total_seconds()
+    for unit, size in (("week", 604_800), ("day", 86_400), ("hour", 3_600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds:g} seconds"
+
+
 def interval_text(estimate: decision_pb.Estimate, percent: bool) -> str:
     def show(value: float) -> str:
         if math.isinf(value):
@@ -84,7 +112,8 @@ def row_key(row: decision_pb.ReportRow, by: list[str]) -> list[str]:
 def format_report(reply: decision_pb.GetReportResponse, by: list[str]) -> str:
     """A fixed-width table; uplift columns are treatment minus control in the same row."""
     start, end = (ts.ToDatetime(tzinfo=UTC).isoformat(timespec="seconds") for ts in (reply.start_time, reply.end_time))
-    lines = [f"decisions from {start} to {end}"]
+    window = length_text(reply.attribution_window.ToTimedelta())
+    lines = [f"decisions from {start} to {end}; outcomes counted within {window} of each decision"]
     if not reply.rows:
         return "\n".join([*lines, "no decisions in the window"])
     header = [*by, "decisions", "customers", "accepts", "acceptance (95% CI)", "revenue", "revenue/decision (95% CI)",
@@ -126,6 +155,8 @@ async def cmd_report(args: argparse.Namespace) -> int:
         offer_id=args.offer or "",
         min_sample=args.min_sample,
     )
+    if args.attribution_window is not None:
+        request.attribution_window.FromTimedelta(args.attribution_window)
     if args.html is None and args.json_to is None:
         reply = await _call(args, "decision", "GetReport", request)
         if reply is not None:
@@ -163,6 +194,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--offer", help="only showings of this offer")
     p.add_argument("--min-sample", type=int, default=0,
                    help="flag rows (or arms) with fewer decisions than this (default: the service's 100)")
+    p.add_argument("--attribution-window", type=window_length, metavar="LENGTH",
+                   help="count an outcome only within this long after its decision: 12h, 7d, or seconds "
+                   "(default: the service's NEXTBEST_DECISION_ATTRIBUTION_WINDOW_SECONDS)")
     p.add_argument("--html", metavar="FILE",
                    help="write a self-contained HTML report (headline, verdict, table, charts over time) to FILE")
     p.add_argument("--json", nargs="?", const="-", dest="json_to", metavar="FILE",

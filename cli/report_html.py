@@ -21,7 +21,7 @@ import orjson
 from google.protobuf import json_format
 from nextbest.decision.v1 import decision_service_pb2 as decision_pb
 
-from cli.report import interval_text, row_key
+from cli.report import interval_text, length_text, row_key
 
 #: Up to this window the series is hourly, beyond it daily (a day of hours or a week of days reads well).
 HOURLY_UP_TO = timedelta(days=2)
@@ -92,6 +92,7 @@ def to_json(report: Report) -> str:
             "revenue_per_decision": verdict(uplift.revenue_per_decision),
         } if uplift is not None else None,
         "bucket_width_seconds": int(report.bucket_width.total_seconds()),
+        "attribution_window_seconds": report.totals.attribution_window.ToTimedelta().total_seconds(),
         "series": [_dict(row) for row in report.series.rows],
     }
     return orjson.dumps(document, option=orjson.OPT_INDENT_2).decode()
@@ -322,8 +323,9 @@ def render_html(report: Report) -> str:
 </head>
 <body>
 <h1>Next-best-offer report</h1>
-<p class="window">Decisions from {html.escape(start)} to {html.escape(end)}. Uplift compares targeted offers with the
-random control group; intervals are 95%.</p>
+<p class="window">Decisions from {html.escape(start)} to {html.escape(end)}; outcomes count when they happened
+within {html.escape(length_text(report.totals.attribution_window.ToTimedelta()))} of the decision. Uplift compares
+targeted offers with the random control group; intervals are 95%.</p>
 {body}
 </body>
 </html>

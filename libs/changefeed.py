@@ -6,27 +6,42 @@ A service that owns customer data (identity, profile) publishes the ids it chang
 - the first message of a stream is empty and means "subscribed": from then on every change is delivered;
 - a watcher that falls too far behind is disconnected rather than silently skipped, and the stream ends on
   shutdown: a subscriber must drop everything it cached whenever its stream is not live.
+
+A feed is in-process: it sees only the changes its own process commits. Where replicas share a PostgreSQL database,
+`PostgresRelay` carries every replica's commits to every replica's feed (NOTIFY is sent at commit, in commit order).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+import logging
+from collections.abc import AsyncIterator, Iterable, Sequence
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from libs.cancellation import stop_task
+
+log = logging.getLogger("nextbest.changefeed")
 
 #: Pending ids per watcher before it counts as too slow and is disconnected (it then resets its cache).
 MAX_PENDING = 100_000
 #: Most ids per streamed message.
 MAX_BATCH = 4_096
 _CLOSED = None
+#: Bytes of ids per NOTIFY payload (PostgreSQL's limit is 8,000).
+_MAX_PAYLOAD = 7_000
 
 
 class ChangeFeed:
     """In-process fan-out of changed customer ids to the open `watch()` streams."""
 
-    def __init__(self, max_pending: int = MAX_PENDING) -> None:
+    def __init__(self, max_pending: int = MAX_PENDING, *, open: bool = True) -> None:
         self._max_pending = max_pending
         self._watchers: set[asyncio.Queue[str | None]] = set()
         self._closed = False
+        #: False while the feed cannot vouch for seeing every change (its relay is down): streams end at once.
+        self._open = open
 
     @property
     def watchers(self) -> int:
@@ -47,8 +62,17 @@ class ChangeFeed:
     def close(self) -> None:
         """End every stream (shutdown): subscribers reset their caches and reconnect elsewhere or later."""
         self._closed = True
+        self.suspend()
+
+    def suspend(self) -> None:
+        """Changes may be missed from now on: end every stream and refuse new ones until `resume`."""
+        self._open = False
         for queue in list(self._watchers):
             self._disconnect(queue)
+
+    def resume(self) -> None:
+        """Every change is seen again: new streams are accepted (unless closed)."""
+        self._open = not self._closed
 
     def _disconnect(self, queue: asyncio.Queue[str | None]) -> None:
         self._watchers.discard(queue)
@@ -56,7 +80,7 @@ class ChangeFeed:
 
     async def watch(self) -> AsyncIterator[list[str]]:
         """Yield `[]` once subscribed, then batches of changed ids until disconnected or closed."""
-        if self._closed:
+        if not self._open:
             return
         queue: asyncio.Queue[str | None] = asyncio.Queue()
         self._watchers.add(queue)
@@ -76,3 +100,81 @@ class ChangeFeed:
                 yield sorted(batch)
         finally:
             self._watchers.discard(queue)
+
+
+async def notify(connection: AsyncConnection, channel: str, ids: Sequence[str]) -> None:
+    """Announce changed ids on a PostgreSQL channel inside the caller's transaction (delivered only if it commits)."""
+    chunk: list[str] = []
+    size = 0
+    for value in dict.fromkeys(ids):
+        if chunk and size + len(value) + 1 > _MAX_PAYLOAD:
+            await connection.execute(
+                text("SELECT pg_notify(:channel, :ids)"), {"channel": channel, "ids": "\n".join(chunk)}
+            )
+            chunk, size = [], 0
+        chunk.append(value)
+        size += len(value) + 1
+    if chunk:
+        await connection.execute(
+            text("SELECT pg_notify(:channel, :ids)"), {"channel": channel, "ids": "\n".join(chunk)}
+        )
+
+
+class PostgresRelay:
+    """LISTENs on a channel and publishes what every process `notify`-ed there into a local feed.
+
+    The feed is open only while the LISTEN connection is up: when it drops, every stream ends (subscribers reset
+    their caches, since changes may be missed) until listening resumes.
+    """
+
+    def __init__(self, engine: AsyncEngine, channel: str, feed: ChangeFeed, retry_seconds: float = 1.0) -> None:
+        self._engine = engine
+        self._channel = channel
+        self._feed = feed
+        self._retry_seconds = retry_seconds
+        self._task: asyncio.Task[None] | None = None
+        self.listening = asyncio.Event()
+
+    def start(self) -> None:
+        self._feed.suspend()
+        self._task = asyncio.create_task(self._run(), name=f"listen-{self._channel}")
+
+    async def stop(self) -> None:
+        await stop_task(self._task)
+        self._task = None
+        self._feed.suspend()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._listen()
+            except Exception as exc:  # noqa: BLE001 - any failure means "not listening": suspend, retry
+                log.warning("%s relay lost: %s", self._channel, exc)
+            self.listening.clear()
+            self._feed.suspend()
+            await asyncio.sleep(self._retry_seconds)
+
+    async def _listen(self) -> None:
+        lost = asyncio.Event()
+        async with self._engine.connect() as connection:
+            raw = (await connection.get_raw_connection()).driver_connection  # asyncpg.Connection
+
+            def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+                self._feed.publish(payload.split("\n"))
+
+            raw.add_termination_listener(lambda _conn: lost.set())
+            await raw.add_listener(self._channel, on_notify)
+            try:
+                self._feed.resume()
+                self.listening.set()
+                log.info("%s relay listening", self._channel)
+                while not lost.is_set() and not raw.is_closed():
+                    try:
+                        await asyncio.wait_for(lost.wait(), timeout=5.0)
+                    except TimeoutError:
+                        await raw.execute("SELECT 1")  # a dead peer shows up here, not as a termination
+            finally:
+                self._feed.suspend()
+                # Never hand a LISTENing (or dead) connection back to the pool: the pool would not notice either.
+                await connection.invalidate()
+        raise ConnectionError("LISTEN connection closed")

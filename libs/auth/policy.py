@@ -57,6 +57,7 @@ METHOD_SCOPES: dict[str, str] = {
     "/nextbest.scoring.v1.ScoringService/RetireModel": "models.admin",
     "/nextbest.inventory.v1.InventoryService/CheckAvailability": "stock.read",
     "/nextbest.inventory.v1.InventoryService/UpdateStock": "stock.write",
+    "/nextbest.inventory.v1.InventoryService/WatchChanges": "changes.watch",
 }
 
 

@@ -23,6 +23,7 @@ from services.decision.orchestrator import CustomerCaches, DecisionPolicy, Decis
 from services.decision.outbox import OutcomeForwarder
 from services.decision.servicer import DecisionServicer
 from services.decision.settings import DecisionSettings, StrategyOverrides
+from services.decision.stock import StockReader, stock_cache
 from services.decision.storage import DecisionRepository
 
 FULL_NAME = "nextbest.decision.v1.DecisionService"
@@ -65,7 +66,6 @@ def build(settings: DecisionSettings) -> ServiceApp:
         epsilon=settings.exploration_epsilon,
         explore_top=settings.exploration_top,
         exploration=settings.exploration_policy,
-        thompson_draws=settings.thompson_draws,
         thompson_strength=settings.thompson_strength,
     )
     policy = DecisionPolicy(
@@ -78,6 +78,7 @@ def build(settings: DecisionSettings) -> ServiceApp:
         },
         reserve_seconds=settings.reserve_ms / 1000,
         ignore_after=timedelta(seconds=settings.contact_ignore_after_seconds),
+        attribution_window=timedelta(seconds=settings.attribution_window_seconds),
         control_share=settings.control_share,
         control_offer=settings.control_offer,
         control_salt=settings.control_salt,
@@ -88,11 +89,18 @@ def build(settings: DecisionSettings) -> ServiceApp:
         ),
         strategy_b_share=settings.strategy_b_share,
         strategy_salt=settings.strategy_salt,
+        returned_within=timedelta(days=settings.returned_within_days),
+        buy_now_hold=timedelta(seconds=settings.buy_now_hold_seconds),
     )
     caches = CustomerCaches(settings.cache_max_customers, settings.cache_max_age_seconds)
-    metrics = DecisionMetrics(meter("nextbest.decision"), [caches.resolutions, caches.consents, caches.profiles])
+    stock = StockReader(
+        gateways.inventory, stock_cache(settings.stock_cache_max_entries, settings.stock_cache_max_age_seconds)
+    )
+    metrics = DecisionMetrics(
+        meter("nextbest.decision"), [caches.resolutions, caches.consents, caches.profiles, stock.cache]
+    )
     service = DecisionService(
-        gateways, repository, policy, on_new_outcome=forwarder.wake, caches=caches, metrics=metrics
+        gateways, repository, policy, on_new_outcome=forwarder.wake, caches=caches, metrics=metrics, stock=stock
     )
     watcher = CatalogueWatcher(service, settings.resolved_catalogue_dir, settings.catalogue_poll_seconds)
     # Each owner's change feed keeps its caches exact; with caching off there is nothing to subscribe to.
@@ -104,6 +112,8 @@ def build(settings: DecisionSettings) -> ServiceApp:
         if settings.cache_max_customers
         else []
     )
+    if settings.stock_cache_max_entries:
+        subscriptions.append(ChangeSubscription("inventory", gateways.inventory.watch_changes, [stock.cache]))
     servicer = DecisionServicer(
         service,
         {

@@ -22,6 +22,8 @@ from typing import Generic, TypeVar
 
 import grpc
 
+from libs.cancellation import stop_task
+
 log = logging.getLogger("nextbest.decision.cache")
 
 K = TypeVar("K", bound=Hashable)
@@ -48,7 +50,7 @@ class CustomerCache(Generic[K, V]):
     """A bounded LRU of `key -> value`, each entry belonging to one customer and dropped when that customer changes.
 
     `customer_of(key, value)` names the customer an entry belongs to (None: never store it); by default the key
-    is the customer id.
+    is the customer id. The owner may be any id its feed names: the stock cache's entries belong to products.
     """
 
     def __init__(
@@ -84,23 +86,52 @@ class CustomerCache(Generic[K, V]):
 
     async def get(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
         """The cached value, or `await load()` (stored when the feed is live and no change raced the fetch)."""
-        entry = self._entries.get(key)
+        entry = self._fresh(key)
         if entry is not None:
-            value, expires_at, _ = entry
-            if self._clock() < expires_at:
-                self._entries.move_to_end(key)
-                self.stats.hits += 1
-                return value
-            self._remember(key, entry)
-            self._drop(key)
+            return entry[0]
         self.stats.misses += 1
         started = self._seq
         value = await load()  # failures propagate and store nothing
+        self._store_loaded(started, key, value)
+        return value
+
+    async def get_many(self, keys: Iterable[K], load: Callable[[list[K]], Awaitable[dict[K, V]]]) -> dict[K, V]:
+        """The cached values, and the missing ones from one `await load(missing)` (which must answer every key)."""
+        found: dict[K, V] = {}
+        missing: list[K] = []
+        for key in keys:
+            entry = self._fresh(key)
+            if entry is not None:
+                found[key] = entry[0]
+            else:
+                missing.append(key)
+        if missing:
+            self.stats.misses += len(missing)
+            started = self._seq
+            loaded = await load(missing)  # failures propagate and store nothing
+            for key in missing:
+                self._store_loaded(started, key, loaded[key])
+                found[key] = loaded[key]
+        return found
+
+    def _fresh(self, key: K) -> tuple[V, float, str] | None:
+        """The entry if it is cached and not too old (counted as a hit); an expired one is dropped."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if self._clock() < entry[1]:
+            self._entries.move_to_end(key)
+            self.stats.hits += 1
+            return entry
+        self._remember(key, entry)
+        self._drop(key)
+        return None
+
+    def _store_loaded(self, started: int, key: K, value: V) -> None:
         if self._live and self._max_entries > 0:
             customer_id = self._customer_of(key, value)
             if customer_id is not None and not self._changed_since(started, customer_id):
                 self._store(key, value, customer_id)
-        return value
 
     def last_known(self, key: K) -> V | None:
         """The value this cache held before its customer last changed (or its feed was lost), if it kept one: for
@@ -185,13 +216,8 @@ class ChangeSubscription:
             self._task = asyncio.create_task(self._run(), name=f"watch-{self.name}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         self._reset()
 
     async def _run(self) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import logging
 from pathlib import Path
 
+from libs.cancellation import stop_task
 from libs.errors import NextBestError
 from services.decision.catalogue import CATALOGUE_FILES, CatalogueError, load_catalogue
 from services.decision.orchestrator import DecisionService
@@ -50,10 +51,7 @@ class CatalogueWatcher:
         self._task.add_done_callback(self._report_crash)
 
     async def stop(self) -> None:
-        if self._task is None:
-            return
-        self._task.cancel()
-        await asyncio.wait([self._task])
+        await stop_task(self._task)
         self._task = None
 
     async def check_once(self) -> bool:

@@ -26,5 +26,6 @@ OFFER_RESPONSE_NUMBERS = enum_numbers(profile_pb.OfferResponseType, "OFFER_RESPO
 OFFER_TYPE_NUMBERS = enum_numbers(decision_pb.OfferType, "OFFER_TYPE_")
 OUTCOME_TYPE_NAMES = enum_names(decision_pb.OutcomeType, "OUTCOME_TYPE_")
 CALL_TIER_NUMBERS = enum_numbers(decision_pb.CallTier, "CALL_TIER_")
+CART_ACTION_NUMBERS = enum_numbers(decision_pb.CartAction, "CART_ACTION_")
 OFFER_FATE_NUMBERS = enum_numbers(decision_pb.OfferFate, "OFFER_FATE_")
 REPORT_DIMENSION_NAMES = enum_names(decision_pb.ReportDimension, "REPORT_DIMENSION_")

@@ -24,7 +24,7 @@ from nextbest.scoring.v1 import scoring_service_pb2_grpc as scoring_grpc
 
 from libs.clients import PeerCredentials, open_channel
 from libs.errors import InvalidArgument
-from libs.protoconv import to_timestamp
+from libs.protoconv import from_timestamp, to_timestamp
 from services.decision.convert import (
     CHANNEL_NAMES,
     CONSENT_PURPOSE_NAMES,
@@ -32,11 +32,13 @@ from services.decision.convert import (
     OFFER_RESPONSE_NUMBERS,
     enum_names,
 )
-from services.decision.domain.model import PendingOutcome, Preferences, StockLevel, Traits
+from services.decision.domain.model import PendingOutcome, Prediction, Preferences, ReturnedItem, StockLevel, Traits
 from services.decision.domain.pipeline import Scores
 
 LOCATION_KIND_NAMES = {**enum_names(inventory_pb.LocationKind, "LOCATION_KIND_"), 0: ""}
 OFFER_PROPENSITY = "offer_propensity"
+#: The model traits (Profile.model_traits keys, written by `nextbest model rescore`) the decision reads.
+LIFETIME_VALUE, CHURN_RISK = "lifetime_value", "churn_risk"
 
 
 class DependencyError(Exception):
@@ -144,7 +146,8 @@ class ProfileGateway(_Gateway):
             raise DependencyError("profile_unavailable", exc) from exc
         profile = reply.profile
         segments = (m.segment for m in profile.segments)
-        return traits_from_proto(profile.traits, segments), MappingProxyType(dict(reply.features))
+        traits = traits_from_proto(profile.traits, segments, profile.model_traits)
+        return traits, MappingProxyType(dict(reply.features))
 
     async def watch_changes(self) -> AsyncIterator[list[str]]:
         """Ids of customers whose profile changed; `[]` first, once subscribed."""
@@ -172,8 +175,11 @@ class ProfileGateway(_Gateway):
         return {r.index: f"{r.field}: {r.reason}" for r in reply.rejected}
 
 
-def traits_from_proto(traits: Any, segments: Iterable[str] = ()) -> Traits:
+def traits_from_proto(
+    traits: Any, segments: Iterable[str] = (), model_traits: Mapping[str, Any] | None = None
+) -> Traits:
     prefs = traits.preferences
+    model_traits = model_traits or {}
     return Traits(
         loyalty_tier=LOYALTY_TIER_NAMES.get(traits.loyalty_tier, "none"),
         total_spend=traits.total_spend,
@@ -187,7 +193,16 @@ def traits_from_proto(traits: Any, segments: Iterable[str] = ()) -> Traits:
         cart_skus=tuple(line.sku for line in traits.cart),
         preferences=Preferences(tuple(prefs.sizes), tuple(prefs.colours), prefs.shipping_method),
         segments=tuple(sorted(segments)),
+        recently_returned=tuple(
+            ReturnedItem(item.sku, item.category, from_timestamp(item.returned_at)) for item in traits.recently_returned
+        ),
+        predicted_ltv=_prediction(model_traits.get(LIFETIME_VALUE)),
+        churn_risk=_prediction(model_traits.get(CHURN_RISK)),
     )
+
+
+def _prediction(trait: Any) -> Prediction | None:
+    return Prediction(trait.value, trait.model_version) if trait is not None else None
 
 
 class ScoringGateway(_Gateway):
@@ -246,6 +261,11 @@ class InventoryGateway(_Gateway):
             StockLevel(a.sku, a.product_id, a.location_id, LOCATION_KIND_NAMES.get(a.location_kind, ""), a.on_hand)
             for a in reply.availability
         ]
+
+    async def watch_changes(self) -> AsyncIterator[list[str]]:
+        """Ids of products whose stock changed; `[]` first, once subscribed."""
+        async for message in self._stub.WatchChanges(inventory_pb.WatchChangesRequest()):
+            yield list(message.product_ids)
 
 
 class Gateways:

@@ -32,6 +32,7 @@ from services.decision.domain import contact
 from services.decision.domain.agent import avoid_lines, call_removals
 from services.decision.domain.arbitration import ArbitrationPolicy
 from services.decision.domain.eligibility import screen, without
+from services.decision.domain.experience import DEFAULT_BUY_NOW_HOLD
 from services.decision.domain.experiment import TREATMENT, TREATMENT_B, arm_of, strategy_arm
 from services.decision.domain.explain import Explanation, explanation
 from services.decision.domain.model import (
@@ -49,7 +50,8 @@ from services.decision.domain.model import (
 )
 from services.decision.domain.pipeline import Conclusion, Scores, conclude, request_context
 from services.decision.domain.priority import call_priority
-from services.decision.domain.report import ReportQuery, ReportRow, report_rows
+from services.decision.domain.report import DEFAULT_ATTRIBUTION_WINDOW, ReportQuery, ReportRow, report_rows
+from services.decision.domain.returns import DEFAULT_RETURNED_WITHIN, recently_returned
 from services.decision.domain.stock import products_to_check
 from services.decision.domain.validation import (
     validate_customer,
@@ -60,6 +62,7 @@ from services.decision.domain.validation import (
 from services.decision.features import offer_features
 from services.decision.gateways import DependencyError, Gateways
 from services.decision.metrics import DecisionMetrics
+from services.decision.stock import StockReader
 from services.decision.storage import ContactRow, DecisionRepository
 
 log = logging.getLogger("nextbest.decision")
@@ -98,6 +101,8 @@ class DecisionPolicy:
     reserve_seconds: float
     #: A shown offer with no response after this long counts as ignored (contact policies).
     ignore_after: timedelta = timedelta(hours=1)
+    #: GetReport counts an outcome towards its decision only within this long after it (unless the request says).
+    attribution_window: timedelta = DEFAULT_ATTRIBUTION_WINDOW
     #: Share of known customers in the control group, what they get ("random" eligible offer or "none"), and the
     #: salt of the assignment hash.
     control_share: float = 0.0
@@ -108,6 +113,10 @@ class DecisionPolicy:
     strategy_b: ArbitrationPolicy | None = None
     strategy_b_share: float = 0.0
     strategy_salt: str = "strategy-1"
+    #: Offers of products / categories the customer returned within this are removed (zero: the filter is off).
+    returned_within: timedelta = DEFAULT_RETURNED_WITHIN
+    #: How long the web's buy-now express checkout is held for the customer.
+    buy_now_hold: timedelta = DEFAULT_BUY_NOW_HOLD
 
     def strategy(self, customer_id: str) -> tuple[str, ArbitrationPolicy]:
         """The customer's arm and the arbitration policy it runs (control's draw ignores the policy's ranking)."""
@@ -201,11 +210,13 @@ class DecisionService:
         on_new_outcome: Callable[[], None] = lambda: None,
         caches: CustomerCaches | None = None,
         metrics: DecisionMetrics | None = None,
+        stock: StockReader | None = None,
     ) -> None:
         self.gateways = gateways
         self.repository = repository
         self.policy = policy
         self.caches = caches or CustomerCaches()
+        self.stock = stock or StockReader(gateways.inventory)
         self.metrics = metrics or DecisionMetrics()
         self._tracer = tracer("nextbest.decision")  # a no-op one unless tracing is active
         self._on_new_outcome = on_new_outcome
@@ -260,7 +271,8 @@ class DecisionService:
         degraded: list[str] = []
         customer = await self._customer(ref, plan, degraded)
         priority = call_priority(customer, call_reason)
-        avoid = avoid_lines(customer, call_reason)
+        returned = recently_returned(customer, self.catalogue, utcnow(), self.policy.returned_within)
+        avoid = avoid_lines(customer, call_reason, returned)
         ctx = Context(call_reason=call_reason)
         conclusion, scores = await self._offers("call_center", ctx, customer, 1, plan, degraded)
         summary = {"rpc": "PrioritizeCall", "priority": asdict(priority), "avoid": list(avoid)}
@@ -384,7 +396,7 @@ class DecisionService:
         """Screen the catalogue, score and check stock in parallel, then conclude (pure)."""
         catalogue, lookback = self._snapshot()
         with self._tracer.start_as_current_span("decision.eligibility") as span:
-            screening = screen(catalogue, channel, ctx, customer, utcnow())
+            screening = screen(catalogue, channel, ctx, customer, utcnow(), self.policy.returned_within)
             product_ids = products_to_check(screening.eligible, channel, ctx, catalogue)
             span.set_attributes(
                 {
@@ -441,6 +453,7 @@ class DecisionService:
                 arm=arm,
                 control_offer=self.policy.control_offer,
                 rng=self._rng,
+                buy_now_hold=self.policy.buy_now_hold,
             )
             span.set_attributes(
                 {
@@ -491,14 +504,13 @@ class DecisionService:
         store's shelf, and only the viewed SKU everywhere (ship to home, reserve nearby): two small look-ups in
         parallel instead of every variant at every location (6x the rows with six locations).
         """
-        inventory = self.gateways.inventory
+        stock = self.stock
         if channel != "pos":
-            return await inventory.availability(product_ids, [self.policy.warehouse_id], timeout)
+            return await stock.at(product_ids, self.policy.warehouse_id, timeout)
         if not ctx.sku:
-            return await inventory.availability(product_ids, [ctx.store_id], timeout)
+            return await stock.at(product_ids, ctx.store_id, timeout)
         here, everywhere = await asyncio.gather(
-            inventory.availability(product_ids, [ctx.store_id], timeout),
-            inventory.availability([], [], timeout, skus=[ctx.sku]),
+            stock.at(product_ids, ctx.store_id, timeout), stock.everywhere(ctx.sku, timeout)
         )
         return [*here, *everywhere]
 

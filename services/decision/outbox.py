@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 
+from libs.cancellation import stop_task
 from libs.errors import Unavailable
 from libs.protoconv import utcnow
 from services.decision.gateways import DependencyError, ProfileGateway
@@ -46,11 +47,8 @@ class OutcomeForwarder:
         self._wake.set()
 
     async def stop(self) -> None:
-        if self._task is None:
-            return
         # Cancelling between a send and its mark only means a resend later, which the profile deduplicates.
-        self._task.cancel()
-        await asyncio.wait([self._task])  # a crash was already logged by _report_crash; stopping goes on
+        await stop_task(self._task)  # a crash was already logged by _report_crash; stopping goes on
         self._task = None
 
     async def forward_once(self) -> int:

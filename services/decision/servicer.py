@@ -12,9 +12,10 @@ from nextbest.decision.v1 import decision_service_pb2_grpc as pb_grpc
 
 from libs.clients import Budget
 from libs.errors import InvalidArgument
-from libs.protoconv import from_timestamp, to_timestamp, utcnow
+from libs.protoconv import from_timestamp, to_duration, to_timestamp, utcnow
 from services.decision.convert import (
     CALL_TIER_NUMBERS,
+    CART_ACTION_NUMBERS,
     CHANNEL_NAMES,
     CHANNEL_NUMBERS,
     OFFER_FATE_NUMBERS,
@@ -30,7 +31,13 @@ from services.decision.domain.model import (
     DecideInput,
     OutcomeInput,
 )
-from services.decision.domain.report import DEFAULT_MIN_SAMPLE, Interval, ReportQuery, ReportRow
+from services.decision.domain.report import (
+    DEFAULT_ATTRIBUTION_WINDOW,
+    DEFAULT_MIN_SAMPLE,
+    Interval,
+    ReportQuery,
+    ReportRow,
+)
 from services.decision.orchestrator import DecisionService
 
 
@@ -63,14 +70,23 @@ def ranked_offer(offer: DecidedOffer) -> pb.RankedOffer:
         script=offer.script,
         stock=[pb.StockHint(sku=h.sku, location_id=h.location_id, on_hand=h.on_hand) for h in offer.stock],
         probability=offer.probability,
+        headline=offer.headline,
     )
     if offer.prefill is not None:
         p = offer.prefill
         message.prefill.CopyFrom(
             pb.CartPrefill(
-                sku=p.sku, quantity=p.quantity, size=p.size, colour=p.colour, shipping_method=p.shipping_method
+                sku=p.sku,
+                quantity=p.quantity,
+                size=p.size,
+                colour=p.colour,
+                shipping_method=p.shipping_method,
+                action=CART_ACTION_NUMBERS[p.action],
+                units_left=p.units_left,
             )
         )
+        if p.hold_seconds:
+            message.prefill.hold.CopyFrom(to_duration(timedelta(seconds=p.hold_seconds)))
     return message
 
 
@@ -83,10 +99,11 @@ def _time(request: pb.GetReportRequest | pb.RecordOutcomeRequest, field: str) ->
         raise InvalidArgument(field, "not a valid timestamp") from exc
 
 
-def report_query(request: pb.GetReportRequest) -> ReportQuery:
+def report_query(request: pb.GetReportRequest, default_window: timedelta = DEFAULT_ATTRIBUTION_WINDOW) -> ReportQuery:
     start = _time(request, "start_time")
     if start is None:
         raise InvalidArgument("start_time", "required")
+    window = _duration(request, "attribution_window")  # a zero one is set, not unset: validation rejects it
     return ReportQuery(
         start=start,
         end=_time(request, "end_time") or utcnow(),
@@ -95,16 +112,21 @@ def report_query(request: pb.GetReportRequest) -> ReportQuery:
         offer_id=request.offer_id,
         min_sample=request.min_sample or DEFAULT_MIN_SAMPLE,
         bucket_width=_bucket_width(request),
+        attribution_window=default_window if window is None else window,
     )
 
 
 def _bucket_width(request: pb.GetReportRequest) -> timedelta | None:
-    if not request.HasField("bucket_width"):
+    return _duration(request, "bucket_width")
+
+
+def _duration(request: pb.GetReportRequest, field: str) -> timedelta | None:
+    if not request.HasField(field):
         return None
     try:
-        return request.bucket_width.ToTimedelta()
+        return getattr(request, field).ToTimedelta()
     except OverflowError as exc:  # seconds beyond what a timedelta holds
-        raise InvalidArgument("bucket_width", "not a valid duration") from exc
+        raise InvalidArgument(field, "not a valid duration") from exc
 
 
 def estimate(interval: Interval) -> pb.Estimate:
@@ -212,6 +234,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                     score=c.score,
                     rank=c.rank,
                     probability=c.probability,
+                    value_factor=c.value_factor,
+                    value_factor_source=c.value_factor_source,
                 )
                 for c in found.considered
             ],
@@ -221,13 +245,14 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         )
 
     async def GetReport(self, request: pb.GetReportRequest, context: grpc.aio.ServicerContext) -> pb.GetReportResponse:
-        query = report_query(request)
+        query = report_query(request, self._service.policy.attribution_window)
         rows = await self._service.report(query)
         return pb.GetReportResponse(
             rows=[report_row(row) for row in rows],
             start_time=to_timestamp(query.start),
             end_time=to_timestamp(query.end),
             min_sample=query.min_sample,
+            attribution_window=to_duration(query.attribution_window),
         )
 
     async def RecordOutcome(

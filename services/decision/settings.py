@@ -75,6 +75,14 @@ class DecisionSettings(ServiceSettings):
         "(offers' contact_policy.max_ignores).",
     )
 
+    attribution_window_seconds: float = Field(
+        7 * 24 * 3600,
+        gt=0,
+        description="GetReport counts an outcome (accept, revenue, uplift) towards its decision only when it occurred "
+        "within this long after the decision; a request's attribution_window overrides it. RecordOutcome still "
+        "records and forwards later outcomes.",
+    )
+
     exploration_epsilon: float = Field(
         0.0,
         ge=0,
@@ -86,10 +94,7 @@ class DecisionSettings(ServiceSettings):
     exploration_policy: Literal["epsilon_greedy", "thompson"] = Field(
         "epsilon_greedy",
         description="How the first slot explores: epsilon_greedy (see exploration_epsilon) or thompson (Thompson "
-        "sampling over the top candidates; each offer's showing probability is a Monte Carlo estimate, logged).",
-    )
-    thompson_draws: int = Field(
-        1000, ge=100, le=100_000, description="Monte Carlo draws estimating Thompson sampling's showing probabilities."
+        "sampling over the top candidates; each offer's exact showing probability is computed and logged).",
     )
     thompson_strength: float = Field(
         20,
@@ -128,6 +133,22 @@ class DecisionSettings(ServiceSettings):
         "strategy-1", min_length=1, description="Salt of the strategy assignment hash; change it to re-draw the arms."
     )
 
+    returned_within_days: int = Field(
+        30,
+        ge=0,
+        le=90,
+        description="Offers of a product or category the customer returned within this many days are removed "
+        "(trace code recently_returned; service actions stay) and PrioritizeCall tells the agent not to offer them; "
+        "0 turns it off; at most 90, the profile's window of returned items.",
+    )
+    buy_now_hold_seconds: int = Field(
+        900,
+        ge=60,
+        le=86_400,
+        description="How long the web's buy-now express checkout (a scarce offer kept for a loyal or high-value "
+        "customer) is held for them: CartPrefill.hold, advisory to the shop.",
+    )
+
     cache_max_customers: int = Field(
         20_000,
         ge=0,
@@ -136,6 +157,18 @@ class DecisionSettings(ServiceSettings):
     )
     cache_max_age_seconds: float = Field(
         60, gt=0, description="Oldest a cached profile may get (time-relative features drift without events)."
+    )
+    stock_cache_max_entries: int = Field(
+        50_000,
+        ge=0,
+        description="Stock entries (a product at a location, or a SKU everywhere) cached, invalidated by inventory's "
+        "change feed; 0 turns the cache off.",
+    )
+    stock_cache_max_age_seconds: float = Field(
+        60,
+        gt=0,
+        description="Oldest a cached stock entry may get: the bound for writers the feed cannot see (on SQLite, an "
+        "import run by another process while the mesh runs).",
     )
 
     outbox_batch_size: int = Field(100, ge=1, le=1000, description="Outcomes forwarded to the profile per call.")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -21,6 +21,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    Interval,
     MetaData,
     String,
     Table,
@@ -30,12 +31,15 @@ from sqlalchemy import (
     column,
     distinct,
     func,
+    literal,
     select,
     true,
     update,
 )
+from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from libs.cancellation import uncancelled
 from libs.db import as_utc, insert_for, reader, translate_errors
 from services.decision.domain.experiment import CONTROL, TREATMENT
 from services.decision.domain.model import PendingOutcome
@@ -246,8 +250,12 @@ class DecisionRepository:
             .order_by(decisions.c.created_at.desc())
             .limit(CONTACT_HISTORY_LIMIT)
         )
-        async with translate_errors("decision log"), reader(self.engine).connect() as conn:
-            rows = (await conn.execute(statement)).all()
+
+        async def read() -> list[Row]:
+            async with translate_errors("decision log"), reader(self.engine).connect() as conn:
+                return list((await conn.execute(statement)).all())
+
+        rows = await uncancelled(read())  # a passed deadline must not cost the pooled connection
         return [
             ContactRow(
                 r.decision_id,
@@ -346,6 +354,16 @@ def _json_elements(array: Any, dialect: str, name: str, value_type: Any) -> Any:
     return function(array).table_valued(column("value", value_type)).alias(name)
 
 
+def attributed(occurred_at: Any, decided_at: Any, window: timedelta, dialect: str) -> Any:
+    """Whether an outcome counts towards its decision: decided_at <= occurred_at <= decided_at + window (the rule
+    the trainer labels by). Dialect-specific like `_json_elements`: SQLite stores both times as UTC text of one
+    format, so the lower bound compares the text and the upper one julianday differences (good to ~0.1 ms)."""
+    if dialect == "postgresql":
+        return (occurred_at >= decided_at) & (occurred_at <= decided_at + literal(window, Interval()))
+    elapsed = (func.julianday(occurred_at) - func.julianday(decided_at)) * 86_400.0
+    return (occurred_at >= decided_at) & (elapsed <= window.total_seconds())
+
+
 def _time_bucket(created_at: Any, width_seconds: int, dialect: str) -> Any:
     """The start of the decision's time bucket in Unix seconds, buckets aligned to the epoch: whole hours and days
     begin on the UTC hour and midnight. Dialect-specific like `_json_elements` (SQLite stores UTC text)."""
@@ -366,7 +384,9 @@ def _report_statement(query: ReportQuery, dialect: str) -> Any:
         # The arm is in the stored trace; decisions from before the control group existed were all treatment.
         "arm": func.coalesce(decisions.c.trace["arm"].as_string(), TREATMENT),
     }
-    outcome_join = outcomes.c.decision_id == decisions.c.decision_id
+    outcome_join = (outcomes.c.decision_id == decisions.c.decision_id) & attributed(
+        outcomes.c.occurred_at, decisions.c.created_at, query.attribution_window, dialect
+    )
     if query.per_offer:
         shown = _json_elements(decisions.c.offers, dialect, "shown", JSON)
         offer_id = shown.c.value["offer_id"].as_string()

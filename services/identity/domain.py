@@ -82,6 +82,8 @@ class ConsentChannel(StrEnum):
     POS = "pos"
     CALL_CENTER = "call_center"
     EMAIL = "email"
+    SMS = "sms"
+    APP = "app"
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,8 +240,16 @@ class IdentityRepository(Protocol):
         traits: PersonTraits,
         keys: dict[str, str],
         at: datetime,
+        *,
+        unless: Callable[[list[tuple[str, PersonTraits]]], bool] | None = None,
+        limit: int = 200,
     ) -> bool:
-        """`create_customer`, plus the customer's first trait record, in the same transaction."""
+        """`create_customer`, plus the customer's first trait record, in the same transaction.
+
+        Creations whose records share a blocking key are serialised, and `unless` is asked, inside that
+        serialisation, about the stored records sharing a key with `keys` (as `trait_candidates` finds them): True
+        means one of them is this person after all (a concurrent Resolve just created it), and nothing is written
+        (False). `limit` bounds the records read, as in `trait_candidates`."""
         ...
 
     async def add_traits(self, customer_id: str, traits: PersonTraits, keys: dict[str, str], at: datetime) -> bool:
@@ -459,15 +469,33 @@ class IdentityService:
                 raise NotFound("no customer matches the identifiers" if identifiers else "no customer matches")
             customer_id = self.new_id()
             if person is not None:
+                # Two Resolves of the same new person by traits alone must not create two customers: creation
+                # re-checks for an automatic link where concurrent creations of this person are serialised.
                 created = await self.repository.create_customer_with_traits(
-                    customer_id, identifiers, person, blocking_keys(person), self.clock()
+                    customer_id,
+                    identifiers,
+                    person,
+                    blocking_keys(person),
+                    self.clock(),
+                    unless=self._links(person),
+                    limit=self.policy.max_candidates,
                 )
             else:
                 created = await self.repository.create_customer(customer_id, identifiers, self.clock())
             if created:
                 return Resolution(customer_id, MatchMethod.CREATED, None, tuple(identifiers), (), candidates=review)
-            # A concurrent Resolve claimed one of these identifiers first: go again and join its customer.
+            # A concurrent Resolve claimed one of these identifiers, or created this person, first: go again and
+            # join its customer.
         raise Unavailable("identifiers changed owner during resolution; retry")
+
+    def _links(self, person: PersonTraits) -> Callable[[list[tuple[str, PersonTraits]]], bool]:
+        """Whether any of the stored records would link `person` automatically."""
+
+        def linkable(stored: list[tuple[str, PersonTraits]]) -> bool:
+            scored = self.matcher.score(person, stored, limit=1)
+            return bool(scored) and scored[0].probability >= self.policy.upper
+
+        return linkable
 
     def _person(self, traits: dict[str, str], identifiers: Sequence[Identifier]) -> PersonTraits:
         raw = dict(traits)

@@ -9,7 +9,7 @@ the recorded stock leaves 0 rather than a debt (the record was wrong; the next c
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -122,6 +122,10 @@ class StockTransaction(Protocol):
         """Availability of these (sku, location_id) pairs as this transaction sees them."""
         ...
 
+    def announce(self, product_ids: Iterable[str]) -> None:
+        """These products' stock changed: watchers hear of it once (and only if) the transaction commits."""
+        ...
+
 
 class InventoryStore(Protocol):
     async def lookup(self, query: AvailabilityQuery) -> Lookup:
@@ -218,7 +222,9 @@ class Inventory:
                 if change.location_id not in known_locations:
                     raise NotFound(f"changes[{index}].location_id: location {change.location_id!r} not found")
             await tx.apply(changes, now)
-            return UpdateResult(duplicate=False, availability=_in_order(await tx.stock_of(pairs), pairs))
+            availability = _in_order(await tx.stock_of(pairs), pairs)
+            tx.announce(a.product_id for a in availability)
+            return UpdateResult(duplicate=False, availability=availability)
 
 
 def _in_order(availability: list[Availability], pairs: list[tuple[str, str]]) -> list[Availability]:

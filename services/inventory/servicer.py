@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import grpc
 from nextbest.inventory.v1 import inventory_service_pb2 as pb
 from nextbest.inventory.v1 import inventory_service_pb2_grpc as pb_grpc
 
+from libs.changefeed import ChangeFeed
 from libs.protoconv import to_timestamp
 from services.inventory.domain import Availability, Inventory, StockChange
 
@@ -38,8 +41,9 @@ def _change(change: pb.StockChange) -> StockChange:
 
 
 class InventoryServicer(pb_grpc.InventoryServiceServicer):
-    def __init__(self, inventory: Inventory) -> None:
+    def __init__(self, inventory: Inventory, changes: ChangeFeed) -> None:
         self._inventory = inventory
+        self._changes = changes
 
     async def CheckAvailability(
         self, request: pb.CheckAvailabilityRequest, context: grpc.aio.ServicerContext
@@ -56,3 +60,9 @@ class InventoryServicer(pb_grpc.InventoryServiceServicer):
         return pb.UpdateStockResponse(
             duplicate=result.duplicate, availability=[_availability(a) for a in result.availability]
         )
+
+    async def WatchChanges(
+        self, request: pb.WatchChangesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchChangesResponse]:
+        async for product_ids in self._changes.watch():
+            yield pb.WatchChangesResponse(product_ids=product_ids)

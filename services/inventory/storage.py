@@ -3,6 +3,11 @@
 The availability look-up is the decision hot path: one Core statement, built once per shape and reused, joining
 variants, locations and stock. Stock changes are single atomic upserts (`on_hand = max(0, on_hand * keep + delta)`)
 evaluated by the database against the current row, so concurrent adjustments never lose an update.
+
+Every committed change names its products on the change feed (`WatchChanges`, which keeps the decision's stock cache
+exact). On PostgreSQL the names go out as a NOTIFY inside the writing transaction, so a change committed by any
+replica (or by `nextbest inventory import`) reaches every replica's feed; on SQLite, the embedded one-process
+default, this process publishes what it committed.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.expression import ColumnElement, Executable
 
+from libs.cancellation import uncancelled
+from libs.changefeed import ChangeFeed, notify
 from libs.db import as_utc, migrate, reader, translate_errors
 from services.inventory.domain import (
     Availability,
@@ -208,12 +215,17 @@ def _collect(rows: Iterable[Row[Any]]) -> Lookup:
     return found
 
 
+#: The PostgreSQL NOTIFY channel of changed product ids.
+CHANGES_CHANNEL = "nextbest_inventory_changes"
+
+
 class SqlStockTransaction:
     """The domain's unit of work on one connection inside one database transaction."""
 
     def __init__(self, connection: AsyncConnection, statements: _Statements) -> None:
         self._connection = connection
         self._statements = statements
+        self.announced: list[str] = []
 
     async def record_update(self, update_id: str, applied_at: datetime) -> bool:
         # ON CONFLICT DO NOTHING waits for a concurrent insert of the same id, then returns no row.
@@ -243,6 +255,9 @@ class SqlStockTransaction:
         found = _collect(await self._connection.execute(*self._statements.lookup(query)))
         return [a for a in found.availability if (a.sku, a.location_id) in wanted]
 
+    def announce(self, product_ids: Iterable[str]) -> None:
+        self.announced.extend(product_ids)
+
 
 def _change_params(change: StockChange, at: datetime) -> dict[str, object]:
     if change.set_on_hand is not None:
@@ -263,19 +278,32 @@ def _change_params(change: StockChange, at: datetime) -> dict[str, object]:
 class SqlInventoryStore:
     """The inventory store on one AsyncEngine; each call takes its own connection from the pool."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, changes: ChangeFeed | None = None) -> None:
         self._engine = engine
         self._reader = reader(engine)  # no BEGIN/ROLLBACK round trips around the one-statement look-up
         self._statements = _Statements(engine.dialect.name)
+        self._postgres = engine.dialect.name == "postgresql"
+        self.changes = changes or ChangeFeed()
 
     async def lookup(self, query: AvailabilityQuery) -> Lookup:
+        return await uncancelled(self._lookup(query))  # a passed deadline must not cost the pooled connection
+
+    async def _lookup(self, query: AvailabilityQuery) -> Lookup:
         async with translate_errors("availability look-up"), self._reader.connect() as connection:
             return _collect(await connection.execute(*self._statements.lookup(query)))
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqlStockTransaction]:
         async with translate_errors("stock update"), self._engine.begin() as connection:
-            yield SqlStockTransaction(connection, self._statements)
+            tx = SqlStockTransaction(connection, self._statements)
+            yield tx
+            await self._announce(connection, tx.announced)
+        if not self._postgres:
+            self.changes.publish(tx.announced)  # committed
+
+    async def _announce(self, connection: AsyncConnection, product_ids: Sequence[str]) -> None:
+        if self._postgres and product_ids:
+            await notify(connection, CHANGES_CHANNEL, product_ids)
 
     async def import_snapshot(self, snapshot: StockSnapshot, at: datetime) -> None:
         """Upsert a whole stock file in one transaction, in batches; unchanged rows are left as they are."""
@@ -291,6 +319,7 @@ class SqlInventoryStore:
             {"sku": sku, "location_id": location_id, "on_hand": on_hand, "updated_at": at}
             for (sku, location_id), on_hand in snapshot.on_hand.items()
         ]
+        products = sorted({v.product_id for v in snapshot.variants.values()})
         statements = self._statements
         async with translate_errors("stock import"), self._engine.begin() as connection:
             for statement, rows in (
@@ -300,6 +329,9 @@ class SqlInventoryStore:
             ):
                 for start in range(0, len(rows), IMPORT_BATCH):
                     await connection.execute(statement, rows[start : start + IMPORT_BATCH])
+            await self._announce(connection, products)
+        if not self._postgres:
+            self.changes.publish(products)
         async with translate_errors("stock import"), self._engine.begin() as connection:
             # Fresh statistics after a bulk load: without them PostgreSQL misjudges the look-up (and may even
             # JIT-compile it, ~5 ms) until autovacuum gets round to analysing the tables.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from nextbest.profile.v1 import profile_service_pb2_grpc as pb_grpc
@@ -11,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.clients import peer_credentials
 from libs.db import create_engine, migrate
+from libs.errors import NextBestError
 from libs.protoconv import utcnow
 from libs.server import Registration, ServiceApp
 from services.profile.domain import ProfileService
@@ -32,6 +34,20 @@ def _report_stopped(task: asyncio.Task) -> None:
     if not task.cancelled() and task.exception() is not None:
         _log.error("the lineage follower stopped: merges and erasures no longer reach the profile",
                    exc_info=task.exception())
+
+
+async def _every(seconds: float, job: Callable[[], Awaitable[object]], what: str) -> None:
+    """Run `job` every `seconds` until cancelled; a database that is down is retried next interval."""
+    try:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await job()
+            except NextBestError as exc:
+                _log.warning("%s: %s; retrying in %.1f s", what, exc, seconds)
+    except Exception:
+        _log.exception("%s stopped: segment definitions or time-dependent memberships no longer move", what)
+        raise
 
 
 def build(settings: ProfileSettings) -> ServiceApp:
@@ -60,6 +76,19 @@ def build(settings: ProfileSettings) -> ServiceApp:
         # for identity to be up.
         tasks.append(asyncio.create_task(follower.run(), name="profile-lineage-follower"))
         tasks[-1].add_done_callback(_report_stopped)
+        tasks.append(
+            asyncio.create_task(
+                _every(settings.segment_poll_seconds, service.refresh_segments, "segment reload"),
+                name="profile-segment-reload",
+            )
+        )
+        if settings.segment_sweep_seconds:
+            tasks.append(
+                asyncio.create_task(
+                    _every(settings.segment_sweep_seconds, service.sweep_segments, "segment sweep"),
+                    name="profile-segment-sweep",
+                )
+            )
 
     async def on_stop() -> None:
         for task in tasks:

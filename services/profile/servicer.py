@@ -80,7 +80,9 @@ def _purchase(message: pb.Purchase) -> ev.Purchase:
 def _return(message: pb.ProductReturn) -> ev.ProductReturn:
     return ev.ProductReturn(
         order_id=message.order_id,
-        lines=tuple(ev.ReturnLine(line.sku, line.quantity, line.refund_amount) for line in message.lines),
+        lines=tuple(
+            ev.ReturnLine(line.sku, line.quantity, line.refund_amount, line.category) for line in message.lines
+        ),
         method=_vocabulary(_RETURN_METHODS, message.method),
         reason=message.reason,
     )
@@ -185,6 +187,10 @@ def _profile(view: ProfileView) -> pb.Profile:
             ledger_refunds=traits.ledger_refunds,
             write_offs=traits.write_offs,
             purchase_intent=traits.purchase_intent,
+            recently_returned=[
+                pb.ReturnedItem(sku=item.sku, category=item.category, returned_at=to_timestamp(item.returned_at))
+                for item in traits.recently_returned
+            ],
         ),
         recent_activity=[
             pb.Activity(

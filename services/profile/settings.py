@@ -35,3 +35,15 @@ class ProfileSettings(ServiceSettings):
         description="How often the profile reads identity's lineage journal (merges, unmerges, erasures) and "
         "applies what is new.",
     )
+    segment_sweep_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="How often the time-dependent segments (e.g. days_since_last_purchase > 30) are re-evaluated "
+        "for every customer, so that membership moves without an event; 0 turns the sweep off.",
+    )
+    segment_poll_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How often the segment definitions' version is read, so that a segment put or deleted "
+        "through another replica is loaded here.",
+    )

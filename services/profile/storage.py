@@ -44,7 +44,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from libs.db import as_utc, insert_for, translate_errors
+from libs.cancellation import uncancelled
+from libs.db import as_utc, insert_for, reader, translate_errors
 from libs.errors import FailedPrecondition
 from services.profile.domain import AcceptedEvent, Activity, EventRecord, ProfileState, StoredProfile
 from services.profile.domain.events import payload_from_document
@@ -406,6 +407,7 @@ class SqlProfileRepository:
 
     def __init__(self, engine: AsyncEngine, cached_states: int = 10_000) -> None:
         self._engine = engine
+        self._reader = reader(engine)  # reads need no transaction: no BEGIN/ROLLBACK round trips on PostgreSQL
         self._insert = insert_for(engine)
         self._states = StateCache(cached_states)
 
@@ -417,23 +419,29 @@ class SqlProfileRepository:
         self._states.keep(tx.saved)  # committed (an exception skips this: what the batch touched is not reused)
 
     async def lineage_cursor(self) -> int:
-        async with translate_errors("read lineage cursor"), self._engine.connect() as connection:
+        async with translate_errors("read lineage cursor"), self._reader.connect() as connection:
             seq = await connection.scalar(
                 select(profile_lineage_cursor.c.seq).where(profile_lineage_cursor.c.source == LINEAGE_SOURCE)
             )
         return seq or 0
 
     async def erased(self, customer_ids: Sequence[str]) -> set[str]:
-        async with translate_errors("read erasures"), self._engine.connect() as connection:
+        async with translate_errors("read erasures"), self._reader.connect() as connection:
             return await _erased(connection, customer_ids)
 
     async def load_state(self, customer_id: str) -> ProfileState | None:
-        async with translate_errors("read profile"), self._engine.connect() as connection:
+        return await uncancelled(self._load_state(customer_id))  # a passed deadline must not cost the connection
+
+    async def _load_state(self, customer_id: str) -> ProfileState | None:
+        async with translate_errors("read profile"), self._reader.connect() as connection:
             found = await _state_row(connection, customer_id)
         return ProfileState.from_document(found[1].state) if found is not None else None
 
     async def load_profile(self, customer_id: str, recent_activity: int) -> StoredProfile | None:
-        async with translate_errors("read profile"), self._engine.connect() as connection:
+        return await uncancelled(self._load_profile(customer_id, recent_activity))
+
+    async def _load_profile(self, customer_id: str, recent_activity: int) -> StoredProfile | None:
+        async with translate_errors("read profile"), self._reader.connect() as connection:
             found = await _state_row(connection, customer_id)
             if found is None:
                 return None
@@ -463,9 +471,20 @@ class SqlProfileRepository:
         )
 
     async def load_segments(self) -> list[SegmentDefinition]:
-        async with translate_errors("read segments"), self._engine.connect() as connection:
+        async with translate_errors("read segments"), self._reader.connect() as connection:
             rows = await connection.execute(select(profile_segments).order_by(profile_segments.c.name))
             return [_definition(row) for row in rows]
+
+    async def segments_version(self) -> str:
+        # The definitions are few (tens): their names, versions and times are the version. The time tells a
+        # segment deleted and put again (version 1 both times) from the one before.
+        async with translate_errors("read segments version"), self._reader.connect() as connection:
+            rows = await connection.execute(
+                select(profile_segments.c.name, profile_segments.c.version, profile_segments.c.updated_at).order_by(
+                    profile_segments.c.name
+                )
+            )
+            return ";".join(f"{name}:{version}:{as_utc(at).isoformat()}" for name, version, at in rows)
 
     async def put_segment(
         self, name: str, expression: str, description: str, expected_version: int, now: datetime
@@ -498,7 +517,7 @@ class SqlProfileRepository:
             return result.rowcount > 0
 
     async def state_documents(self, after: str, limit: int) -> list[tuple[str, dict[str, Any]]]:
-        async with translate_errors("read profiles"), self._engine.connect() as connection:
+        async with translate_errors("read profiles"), self._reader.connect() as connection:
             rows = await connection.execute(
                 select(profile_states.c.customer_id, profile_states.c.state)
                 .where(profile_states.c.customer_id > after)
@@ -508,7 +527,7 @@ class SqlProfileRepository:
             return [(customer_id, state) for customer_id, state in rows]
 
     async def customer_ids(self, after: str, limit: int) -> list[str]:
-        async with translate_errors("list customers"), self._engine.connect() as connection:
+        async with translate_errors("list customers"), self._reader.connect() as connection:
             rows = await connection.scalars(
                 select(profile_states.c.customer_id)
                 .where(profile_states.c.customer_id > after)
@@ -518,7 +537,7 @@ class SqlProfileRepository:
             return list(rows)
 
     async def segment_members(self, segment: str, after: str, limit: int) -> list[SegmentMember]:
-        async with translate_errors("list segment members"), self._engine.connect() as connection:
+        async with translate_errors("list segment members"), self._reader.connect() as connection:
             rows = await connection.execute(
                 select(profile_segment_members.c.customer_id, profile_segment_members.c.since)
                 .where(

@@ -19,13 +19,22 @@ from pathlib import Path
 import numpy as np
 
 
-def _train(models_dir: Path, features: int) -> list[str]:
+def train_bench_model(models_dir: Path, features: int, *, spread: bool = False) -> list[str]:
+    """A demo-sized model (`features` columns f00.., up to 200 trees of depth 5) as version "bench"; its names.
+
+    `spread`: the label depends on many features (half of them through a sine), so early stopping keeps all 200
+    trees, every tree splits on several features — a production-sized model; else three features carry the signal.
+    """
     from services.scoring.training import train_binary_model
 
     rng = np.random.default_rng(0)
     names = [f"f{i:02d}" for i in range(features)]
     x = rng.normal(size=(20_000, features))
-    y = (x[:, 0] + 0.5 * x[:, 1] * x[:, 2] + rng.normal(size=20_000) > 0.5).astype(int)
+    if spread:
+        z = 0.6 * np.sin(x[:, : features // 2]).sum(axis=1) + x[:, 0] * x[:, 1] + 0.15 * x[:, -10:].sum(axis=1)
+        y = (z + rng.normal(size=20_000) > 0).astype(int)
+    else:
+        y = (x[:, 0] + 0.5 * x[:, 1] * x[:, 2] + rng.normal(size=20_000) > 0.5).astype(int)
     rows = [dict(zip(names, row, strict=True)) for row in x.tolist()]
     meta = train_binary_model(rows, y.tolist(), feature_names=names, models_dir=models_dir, version="bench")
     print(f"model: {features} features, {meta.params['trees']} trees of depth 5", flush=True)
@@ -62,7 +71,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        names = _train(root / "models", args.features)
+        names = train_bench_model(root / "models", args.features)
         env = {**os.environ, "NEXTBEST_DATA_DIR": str(root), "NEXTBEST_SCORING_PORT": "0",
                "NEXTBEST_SCORING_MODELS_DIR": str(root / "models"), "NEXTBEST_LOG_LEVEL": "WARNING"}
         port_file = root / "port"

@@ -76,4 +76,6 @@ def train_churn(transactions: Iterable[Transaction], *, horizon: timedelta = tim
         params={**CHURN_PARAMS, "seed": seed, "trees": booster.num_boosted_rounds(), "horizon_days": horizon.days},
         deciding_metric="auc",
         lower_is_better=False,
+        holdout_x=x_eval,
+        holdout_y=y_eval,
     )

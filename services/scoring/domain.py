@@ -18,7 +18,6 @@ predict costs ~0.3 ms, less than a thread hand-off plus its wake-up. Explain and
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import math
@@ -30,6 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 import xgboost as xgb
 
+from libs.cancellation import stop_task
 from libs.errors import FailedPrecondition, InvalidArgument, NotFound
 from libs.protoconv import utcnow
 from services.scoring.artifacts import (
@@ -567,11 +567,8 @@ class ScoringService:
             self._poller = asyncio.create_task(self._poll(interval), name="scoring-registry-poll")
 
     async def stop_polling(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
-            self._poller = None
+        await stop_task(self._poller)
+        self._poller = None
 
     async def _poll(self, interval: float) -> None:
         while True:

@@ -200,6 +200,10 @@ class HistoryModelResult:
     #: The hold-out metric that decides whether the model beats its baseline, and which way is better.
     deciding_metric: str
     lower_is_better: bool
+    #: The hold-out (evaluation snapshot): features (rows x LTV_FEATURES) and labels, so that auto-promotion can
+    #: score the champion on the very same rows.
+    holdout_x: np.ndarray
+    holdout_y: np.ndarray
 
     @property
     def beats_baseline(self) -> bool:
@@ -248,4 +252,6 @@ def train_lifetime_value(transactions: Iterable[Transaction], *, horizon: timede
         params={**LTV_PARAMS, "seed": seed, "trees": booster.num_boosted_rounds(), "horizon_days": horizon.days},
         deciding_metric="rmse",
         lower_is_better=True,
+        holdout_x=x_eval,
+        holdout_y=y_eval,
     )

@@ -3,6 +3,11 @@
 Runs next to the registry database and artifact store (a CLI, a cron job), not inside the serving path. Training is
 CPU-bound and runs in a worker thread; the registry is written through the same adapter the service uses, so the new
 version appears as a candidate in `nextbest model list` at once (and is served only after `PromoteModel`).
+
+Auto-promotion (`--auto-promote`, scheduled retraining) scores the serving champion on the candidate's own hold-out
+rows and promotes the candidate only if it beats the champion by the margin on the use case's own metric:
+classifiers (offer propensity, churn risk) by AUC, `candidate >= champion + margin` (AUC points); the lifetime-value
+regression by RMSE, `candidate <= champion x (1 - margin)` (a relative error reduction, e.g. 0.005 = 0.5% lower).
 """
 
 from __future__ import annotations
@@ -31,7 +36,13 @@ from services.scoring.artifacts import (
 )
 from services.scoring.churn import train_churn
 from services.scoring.domain import FeatureSchema, RegisteredModel
-from services.scoring.lifetime_value import LTV_FEATURES, HistoryModelResult, Transaction, train_lifetime_value
+from services.scoring.lifetime_value import (
+    LTV_FEATURES,
+    HistoryModelResult,
+    Transaction,
+    regression_metrics,
+    train_lifetime_value,
+)
 from services.scoring.settings import ScoringSettings
 from services.scoring.storage import SqlModelRegistry
 from services.scoring.tabular import Dataset
@@ -69,16 +80,53 @@ class Trained:
     promoted: bool = False
 
 
-def _champion_holdout_auc(store: ArtifactStore, champion: RegisteredModel, x: np.ndarray, columns: Sequence[str],
-                          y: np.ndarray, rows: np.ndarray) -> float:
-    """The champion's AUC on the candidate's hold-out rows (its columns picked by name; absent ones missing)."""
+def beats_champion(candidate: float, champion: float, margin: float, lower_is_better: bool) -> bool:
+    """Whether the candidate's hold-out metric beats the champion's by the margin: an error (lower is better) must
+    fall by the margin as a fraction of the champion's; a score such as AUC must rise by the margin in points."""
+    if lower_is_better:
+        return candidate <= champion * (1.0 - margin)
+    return candidate >= champion + margin
+
+
+def holdout_metric(metric: str, y: np.ndarray, predictions: np.ndarray) -> float:
+    """"auc" of a classifier, or a regression error ("rmse", "mae") on hold-out labels."""
+    if metric == "auc":
+        return roc_auc(y, predictions)
+    return regression_metrics(y, predictions)[metric]
+
+
+def _champion_holdout_metric(store: ArtifactStore, champion: RegisteredModel, metric: str, x: np.ndarray,
+                             columns: Sequence[str], y: np.ndarray) -> float:
+    """The champion's metric on the candidate's hold-out rows (its columns picked by name; absent ones missing)."""
     booster = store.load(champion.artifact_path, champion.feature_names, nthread=2)
     position = {name: i for i, name in enumerate(columns)}
-    matrix = np.full((rows.size, len(champion.feature_names)), np.nan, dtype=np.float32)
+    matrix = np.full((y.size, len(champion.feature_names)), np.nan, dtype=np.float32)
     for j, name in enumerate(champion.feature_names):
         if name in position:
-            matrix[:, j] = x[rows, position[name]]
-    return roc_auc(y[rows], booster.inplace_predict(matrix, validate_features=False))
+            matrix[:, j] = x[:, position[name]]
+    return holdout_metric(metric, y, booster.inplace_predict(matrix, validate_features=False))
+
+
+async def _compare(store: ArtifactStore, champion: RegisteredModel | None, metric: str, lower_is_better: bool,
+                   candidate: float, x: np.ndarray, columns: Sequence[str], y: np.ndarray,
+                   margin: float | None) -> dict[str, Any] | None:
+    """The champion against the candidate on the candidate's hold-out (x, y), for the model card; None: no champion."""
+    if champion is None:
+        return None
+    score = await asyncio.to_thread(_champion_holdout_metric, store, champion, metric, x, columns, y)
+    return {"champion_version": champion.version, "metric": metric, "lower_is_better": lower_is_better,
+            f"champion_{metric}": score, f"candidate_{metric}": candidate, "margin": margin}
+
+
+def _promotes(comparison: dict[str, Any] | None, margin: float | None) -> bool:
+    """Auto-promotion's verdict: with a margin, promote when there is no champion or the candidate beats it."""
+    if margin is None:
+        return False
+    if comparison is None:
+        return True
+    metric = comparison["metric"]
+    return beats_champion(comparison[f"candidate_{metric}"], comparison[f"champion_{metric}"], margin,
+                          comparison["lower_is_better"])
 
 
 async def _register(
@@ -93,13 +141,9 @@ async def _register(
     async with registry_for(settings) as (registry, store):
         champions = await registry.models(build["use_case"], [ModelStatus.CHAMPION])
         champion = champions[0] if champions else None
-        comparison = None
-        if champion is not None:
-            champion_auc = await asyncio.to_thread(
-                _champion_holdout_auc, store, champion, x, build["feature_names"], y, result.split.test
-            )
-            comparison = {"champion_version": champion.version, "champion_auc": champion_auc,
-                          "candidate_auc": result.metrics["auc"], "margin": auto_promote_margin}
+        rows = result.split.test
+        comparison = await _compare(store, champion, "auc", False, result.metrics["auc"], x[rows],
+                                    build["feature_names"], y[rows], auto_promote_margin)
         now = utcnow()
         metadata = ModelMetadata(
             **{**build, "card": {**build["card"], **({"champion_comparison": comparison} if comparison else {})}},
@@ -111,13 +155,10 @@ async def _register(
         await asyncio.to_thread(store.write, metadata, result.booster)
         folder = settings.models_dir / metadata.use_case / metadata.version
         await registry.register([RegisteredModel.from_artifact(Artifact(folder, metadata), now)], now)
-        promoted = False
-        if auto_promote_margin is not None and (
-            comparison is None or comparison["candidate_auc"] >= comparison["champion_auc"] + auto_promote_margin
-        ):
+        promoted = _promotes(comparison, auto_promote_margin)
+        if promoted:
             # Every scoring process serves it within its registry poll interval.
             await registry.promote(metadata.use_case, metadata.version, ModelStatus.CHAMPION, 0.0, utcnow())
-            promoted = True
     return Trained(metadata, result, comparison, promoted)
 
 
@@ -198,14 +239,23 @@ async def train_from_rows(
 
 
 @dataclass(frozen=True)
-class TrainedLtv:
+class TrainedHistoryModel:
+    """A candidate trained on purchase histories (lifetime value, churn risk), as `Trained` is for offer models."""
+
     metadata: ModelMetadata
     result: HistoryModelResult
+    #: The serving champion scored on the candidate's hold-out, when there is a champion.
+    comparison: dict[str, Any] | None = None
+    #: Whether the candidate was promoted to champion (only with auto-promotion).
+    promoted: bool = False
+
+
+TrainedLtv = TrainedChurn = TrainedHistoryModel
 
 
 async def train_lifetime_value_candidate(
     settings: ScoringSettings, use_case: str, transactions: Sequence[Transaction], *, horizon_days: int = 365,
-    seed: int = 7, source: str = "",
+    seed: int = 7, source: str = "", auto_promote_margin: float | None = None,
 ) -> TrainedLtv:
     """Future net spend regression on a time split against the RFM baseline; registered as a candidate."""
     result = await asyncio.to_thread(
@@ -221,39 +271,42 @@ async def train_lifetime_value_candidate(
         "baseline": {"model": "RFM quintile cells (mean future spend per cell)", "metrics": result.baseline_metrics},
         "beats_baseline": result.beats_baseline,
     })
-    return TrainedLtv(await _register_history_model(settings, use_case, result, metrics, card, horizon_days), result)
+    return await _register_history_model(settings, use_case, result, metrics, card, horizon_days, auto_promote_margin)
 
 
 async def _register_history_model(
     settings: ScoringSettings, use_case: str, result: HistoryModelResult, metrics: dict[str, float],
-    card: dict[str, Any], horizon_days: int,
-) -> ModelMetadata:
-    """Register a model trained on transaction histories (RFM inputs, time split) as a candidate."""
+    card: dict[str, Any], horizon_days: int, auto_promote_margin: float | None,
+) -> TrainedHistoryModel:
+    """Register a model trained on transaction histories (RFM inputs, time split) as a candidate; with a margin,
+    promote it if it beats the champion on its deciding metric (AUC, or RMSE as a relative reduction)."""
     async with registry_for(settings) as (registry, store):
         champions = await registry.models(use_case, [ModelStatus.CHAMPION])
+        champion = champions[0] if champions else None
+        metric = result.deciding_metric
+        comparison = await _compare(store, champion, metric, result.lower_is_better, result.metrics[metric],
+                                    result.holdout_x, LTV_FEATURES, result.holdout_y, auto_promote_margin)
         now = utcnow()
         metadata = ModelMetadata(
             name=f"{use_case.replace('_', '-')}-xgb", use_case=use_case, version=new_version(now),
             status=ModelStatus.CANDIDATE, feature_names=LTV_FEATURES, metrics=metrics,
             training_rows=result.row_counts["train"], trained_at=now, params=_plain(result.params),
-            parent_version=champions[0].version if champions else None, row_counts=result.row_counts,
-            training_window=(result.train_cutoff - timedelta(days=horizon_days), result.eval_cutoff), card=card,
+            parent_version=champion.version if champion else None, row_counts=result.row_counts,
+            training_window=(result.train_cutoff - timedelta(days=horizon_days), result.eval_cutoff),
+            card={**card, **({"champion_comparison": _plain(comparison)} if comparison else {})},
         )
         await asyncio.to_thread(store.write, metadata, result.booster)
         folder = settings.models_dir / metadata.use_case / metadata.version
         await registry.register([RegisteredModel.from_artifact(Artifact(folder, metadata), now)], now)
-    return metadata
-
-
-@dataclass(frozen=True)
-class TrainedChurn:
-    metadata: ModelMetadata
-    result: HistoryModelResult
+        promoted = _promotes(comparison, auto_promote_margin)
+        if promoted:
+            await registry.promote(metadata.use_case, metadata.version, ModelStatus.CHAMPION, 0.0, utcnow())
+    return TrainedHistoryModel(metadata, result, comparison, promoted)
 
 
 async def train_churn_candidate(
     settings: ScoringSettings, use_case: str, transactions: Sequence[Transaction], *, horizon_days: int = 90,
-    seed: int = 7, source: str = "",
+    seed: int = 7, source: str = "", auto_promote_margin: float | None = None,
 ) -> TrainedChurn:
     """No-order-within-the-horizon classifier on a time split against the recency baseline; a candidate."""
     result = await asyncio.to_thread(train_churn, transactions, horizon=timedelta(days=horizon_days), seed=seed)
@@ -267,4 +320,4 @@ async def train_churn_candidate(
         "baseline": {"model": "recency alone (days since the last order)", "metrics": result.baseline_metrics},
         "beats_baseline": result.beats_baseline,
     })
-    return TrainedChurn(await _register_history_model(settings, use_case, result, metrics, card, horizon_days), result)
+    return await _register_history_model(settings, use_case, result, metrics, card, horizon_days, auto_promote_margin)

@@ -44,7 +44,8 @@ class ScoringSettings(ServiceSettings):
         ge=0,
         le=1,
         description="`nextbest model train --auto-promote` (scheduled retraining) promotes the new candidate only if "
-        "its hold-out AUC beats the champion's on the same rows by at least this much.",
+        "it beats the champion on the same hold-out rows by at least this much: AUC points for classifiers (offer "
+        "propensity, churn risk), a relative RMSE reduction for lifetime value (0.005 = 0.5% lower error).",
     )
     batch_chunk_rows: int = Field(
         8192, ge=1, le=1_000_000, description="Rows per streamed ScoreBatch response message (one model call each)."

@@ -74,7 +74,8 @@ class Mesh:
         _, decision_channel = await serve(self.app)
         self.decision = decision_grpc.DecisionServiceStub(decision_channel)
         self.caches = self.app.parts["caches"]
-        self.identity_feed, self.profile_feed = self.app.parts["subscriptions"]
+        feeds = {subscription.name: subscription for subscription in self.app.parts["subscriptions"]}
+        self.identity_feed, self.profile_feed = feeds["identity"], feeds["profile"]
         await asyncio.wait_for(self.identity_feed.subscribed.wait(), 5)
         await asyncio.wait_for(self.profile_feed.subscribed.wait(), 5)
         reply = await self.identity.Resolve(ipb.ResolveRequest(identifiers=[ANN], create_if_missing=True), timeout=5)

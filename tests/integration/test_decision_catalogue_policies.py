@@ -151,12 +151,13 @@ async def test_the_agent_is_told_what_to_avoid_and_the_action_respects_it(databa
 
 
 async def test_thompson_sampling_logs_each_shown_offers_probability(database_url, serve, tmp_path):
-    mesh = await start_mesh(serve, tmp_path, database_url, exploration_policy="thompson", thompson_draws=500)
+    mesh = await start_mesh(serve, tmp_path, database_url, exploration_policy="thompson",
+                            thompson_strength=50)
     reply = await mesh.stub.Decide(web_request("c-ann"), timeout=5)
     assert reply.offers and all(0 < o.probability <= 1 for o in reply.offers)
     row = await mesh.repository.decision(reply.decision_id)
     exploration = row["trace"]["exploration"]
-    assert (exploration["policy"], exploration["draws"]) == ("thompson", 500)
+    assert (exploration["policy"], exploration["strength"]) == ("thompson", 50)
     assert sum(exploration["first_probability"].values()) == pytest.approx(1.0)
     assert exploration["first_probability"][reply.offers[0].offer_id] > 0
     explained = await mesh.stub.Explain(pb.ExplainRequest(decision_id=reply.decision_id), timeout=5)

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import orjson
 import pytest
 from nextbest.common.v1 import common_pb2
 from nextbest.decision.v1 import decision_service_pb2 as pb
 
-from cli.ope import read_rounds
-from libs.protoconv import utcnow
+from cli.main import build_parser
+from cli.ope import read_log, read_rounds
+from libs.protoconv import from_timestamp, to_timestamp, utcnow
 from services.decision.domain.experiment import bucket
 from services.decision.domain.ope import GreedyPolicy, UniformPolicy, evaluate
+from services.decision.offline.reward_model import cross_fit
 from tests.integration.decision_fakes import WEB, start_mesh
 
 pytestmark = pytest.mark.integration
@@ -70,3 +73,57 @@ async def test_logged_rounds_and_the_logging_policy_value(database_url, serve, t
 
     drawn = evaluate([r for r in rounds.values() if r.scores is None], UniformPolicy(), resamples=200)
     assert drawn.ips.value == pytest.approx(4.0) and drawn.max_weight == pytest.approx(1.0)
+
+
+async def test_doubly_robust_and_the_attribution_window_through_the_log(
+    database_url, serve, tmp_path, monkeypatch, capsys
+):
+    start = utcnow() - timedelta(seconds=1)
+    mesh = await start_mesh(serve, tmp_path, database_url, exploration_epsilon=0.5, exploration_top=3)
+    customers = [f"dr-{n}" for n in range(8)]
+    for customer_id in customers:
+        mesh.identity.marketing[customer_id] = {WEB}
+    replies = [
+        await mesh.stub.Decide(
+            pb.DecideRequest(channel=WEB, customer=common_pb2.CustomerRef(customer_id=c), max_offers=3), timeout=5
+        )
+        for c in customers
+    ]
+
+    async def purchase(reply, after: timedelta, revenue: float) -> None:
+        await mesh.stub.RecordOutcome(pb.RecordOutcomeRequest(
+            outcome_id=f"{reply.decision_id}-p", decision_id=reply.decision_id, offer_id=reply.offers[0].offer_id,
+            type=pb.OUTCOME_TYPE_PURCHASE, revenue=revenue,
+            occurred_at=to_timestamp(from_timestamp(reply.decided_at) + after)), timeout=5)
+
+    await purchase(replies[0], timedelta(minutes=30), 20.0)
+    await purchase(replies[1], timedelta(hours=3), 50.0)  # inside a 4-hour window, outside a 2-hour one
+    end = utcnow()
+
+    rounds, contexts = await read_log(database_url, start, end, "revenue", timedelta(hours=2))
+    rewards = {r.decision_id: r.reward for r in rounds}
+    assert (rewards[replies[0].decision_id], rewards[replies[1].decision_id]) == (20.0, 0.0)
+    wider = {r.decision_id: r.reward for r in await read_rounds(database_url, start, end, "revenue", timedelta(hours=4))}
+    assert wider[replies[1].decision_id] == 50.0
+
+    # The reward model's context is what the decision stored: each considered offer's logged factors.
+    stored = await mesh.repository.decision(replies[0].decision_id)
+    for entry in stored["trace"]["considered"]:
+        if "score" in entry:
+            factors = contexts[replies[0].decision_id].offers[entry["offer_id"]]
+            assert (factors["propensity"], factors["score"]) == (entry["propensity"], entry["score"])
+    model = cross_fit(rounds, contexts, binary=False, folds=4, seed=0)
+    assert model.model == "per_offer_mean" and set(model.predictions) == set(rewards)
+    result = evaluate(rounds, GreedyPolicy(epsilon=0.5, top=3), reward_model=model, resamples=200)
+    assert result.logged.value == pytest.approx(20.0 / 8) and result.ips.value == pytest.approx(20.0 / 8)
+    assert result.dr is not None and result.dr.low <= result.dr.value <= result.dr.high
+
+    # The command, as an operator runs it next to the database.
+    monkeypatch.setenv("NEXTBEST_DECISION_DATABASE_URL", database_url)
+    args = build_parser().parse_args(["ope", "--since", "1h", "--attribution-window", "4h", "--epsilon", "0.5",
+                                      "--top", "3", "--resamples", "100", "--json"])
+    assert await args.func(args) == 0
+    document = orjson.loads(capsys.readouterr().out)
+    assert document["attribution_window_seconds"] == 4 * 3600 and document["rounds"] == 8
+    assert document["logged"]["value"] == pytest.approx(70.0 / 8)
+    assert document["reward_model"] == "per_offer_mean, 5-fold cross-fitted" and document["dr"] is not None

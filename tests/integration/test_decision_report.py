@@ -9,12 +9,13 @@ from datetime import timedelta
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2
 from nextbest.common.v1 import common_pb2
 from nextbest.decision.v1 import decision_service_pb2 as pb
 from nextbest.profile.v1 import profile_service_pb2 as profile_pb
 
 from cli.report import format_report
-from libs.protoconv import to_timestamp, utcnow
+from libs.protoconv import from_timestamp, to_duration, to_timestamp, utcnow
 from libs.stats import t_quantile_95
 from services.decision.domain.experiment import bucket
 from tests.integration.decision_fakes import POS, WEB, start_mesh
@@ -210,6 +211,46 @@ async def test_empty_window_and_decisions_outside_it(database_url, serve, tmp_pa
     assert list(before.rows) == []
 
 
+async def test_outcomes_count_only_within_the_attribution_window(database_url, serve, tmp_path):
+    """A purchase just inside the window counts (accept, revenue, uplift), one just outside or before the decision
+    does not; the window is the request's, else the service's setting, and is echoed."""
+    mesh = await start_mesh(serve, tmp_path, database_url, control_share=SHARE, control_salt=SALT,
+                            attribution_window_seconds=2 * 3600)
+    t1, t2, t3 = customers_in("treatment", 3)
+    (c1,) = customers_in("control", 1)
+    for customer_id in (t1, t2, t3, c1):
+        mesh.identity.marketing[customer_id] = {WEB}
+    inside, outside, early, control = [await decide(mesh, c) for c in (t1, t2, t3, c1)]
+    hour = timedelta(hours=1)
+
+    async def purchase(reply: pb.DecideResponse, after: timedelta, revenue: float) -> None:
+        await mesh.stub.RecordOutcome(pb.RecordOutcomeRequest(
+            outcome_id=f"{reply.decision_id}-late", decision_id=reply.decision_id, offer_id=reply.offers[0].offer_id,
+            type=PURCHASE, revenue=revenue, occurred_at=to_timestamp(from_timestamp(reply.decided_at) + after),
+        ), timeout=5)
+
+    await purchase(inside, hour - timedelta(seconds=1), 40.0)
+    await purchase(outside, hour + timedelta(seconds=1), 25.0)
+    await purchase(early, -timedelta(seconds=1), 7.0)  # before the decision was made: never its doing
+    await purchase(control, hour + timedelta(seconds=1), 5.0)
+
+    one_hour = await mesh.stub.GetReport(window(attribution_window=to_duration(hour), min_sample=1), timeout=5)
+    assert one_hour.attribution_window.ToTimedelta() == hour
+    (row,) = one_hour.rows
+    assert (row.decisions, row.accepts, row.purchases, row.revenue) == (4, 1, 1, 40.0)
+    assert row.uplift.acceptance.value == pytest.approx(1 / 3)  # treatment 1 of 3, control's late purchase is out
+    assert row.uplift.revenue_per_decision.value == pytest.approx(40.0 / 3)
+
+    default = await mesh.stub.GetReport(window(min_sample=1), timeout=5)  # the service's two hours
+    assert default.attribution_window.ToTimedelta() == 2 * hour
+    (row,) = default.rows
+    assert (row.accepts, row.purchases, row.revenue) == (3, 3, 70.0)
+    assert row.uplift.acceptance.value == pytest.approx(2 / 3 - 1)
+    per_offer = await mesh.stub.GetReport(
+        window(group_by=[D.REPORT_DIMENSION_OFFER], attribution_window=to_duration(hour)), timeout=5)
+    assert sum(r.revenue for r in per_offer.rows) == 40.0  # the same rule when the unit is a showing
+
+
 @pytest.mark.parametrize(
     ("fields", "field"),
     [
@@ -220,6 +261,8 @@ async def test_empty_window_and_decisions_outside_it(database_url, serve, tmp_pa
         ({"channel": 42}, "channel"),
         ({"offer_id": "x" * 129}, "offer_id"),
         ({"min_sample": -1}, "min_sample"),
+        ({"attribution_window": duration_pb2.Duration(seconds=0)}, "attribution_window"),
+        ({"attribution_window": duration_pb2.Duration(seconds=-60)}, "attribution_window"),
     ],
 )
 async def test_bad_requests_are_invalid_argument(fields, field, serve, tmp_path, sqlite_url):

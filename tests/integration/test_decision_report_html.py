@@ -67,6 +67,8 @@ async def test_html_report_shows_the_numbers_and_inline_charts_and_the_buckets_a
         "CHANNEL_WEB": 6, "CHANNEL_POS": 1}
     assert sum(int(row["decisions"]) for row in document["series"]) == 7
     assert document["bucket_width_seconds"] == 3600
+    assert document["attribution_window_seconds"] == 7 * 86_400  # the service's default, echoed
+    assert "within 1 week of the decision" in page
 
 
 async def test_the_command_writes_both_files_from_the_running_service(serve, tmp_path, sqlite_url, capsys):
@@ -77,7 +79,7 @@ async def test_the_command_writes_both_files_from_the_running_service(serve, tmp
     page, data = tmp_path / "report.html", tmp_path / "report.json"
     args = build_parser().parse_args([
         "report", "--since", "1h", "--by", "arm", "--html", str(page), "--json", str(data),
-        "--target", f"127.0.0.1:{server.port}",
+        "--attribution-window", "2d", "--target", f"127.0.0.1:{server.port}",
     ])
 
     assert await args.func(args) == 0
@@ -88,6 +90,7 @@ async def test_the_command_writes_both_files_from_the_running_service(serve, tmp
     document = json.loads(data.read_text(encoding="utf-8"))
     assert {row["key"]["arm"]: int(row["decisions"]) for row in document["rows"]} == {"treatment": 5, "control": 2}
     assert sum(int(row["decisions"]) for row in document["series"]) == int(document["totals"]["decisions"]) == 7
+    assert document["attribution_window_seconds"] == 2 * 86_400 and "within 2 days of the decision" in html
 
 
 async def test_minute_buckets_split_by_decision_time_and_add_up(database_url, serve, tmp_path):

@@ -1,4 +1,5 @@
-"""Concurrent Resolves of the same new identifiers end with one customer, on SQLite and PostgreSQL."""
+"""Concurrent Resolves of the same new identifiers, or of the same new person by traits alone, end with one customer,
+on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from sqlalchemy import func, select
 from libs.settings import CommonSettings
 from services.identity.app import build
 from services.identity.settings import IdentitySettings
-from services.identity.storage import customers, identifiers
+from services.identity.storage import customers, identifiers, trait_records
 
 pytestmark = pytest.mark.integration
 
@@ -21,6 +22,16 @@ CALLS = 20
 EMAIL = common.Identifier(type=common.IDENTIFIER_TYPE_EMAIL, value="rush@example.com")
 PHONE = common.Identifier(type=common.IDENTIFIER_TYPE_PHONE, value="+14155550199")
 COOKIE = common.Identifier(type=common.IDENTIFIER_TYPE_COOKIE_ID, value="ck-rush")
+PERSON = pb.PersonTraits(
+    given_name="Rosalind",
+    surname="Achterberg",
+    date_of_birth="1979-06-02",
+    street_number="7",
+    address_line="Harbour Road",
+    city="Portsmouth",
+    postcode="03801",
+    state="NH",
+)
 
 
 @pytest.fixture
@@ -70,3 +81,33 @@ async def test_concurrent_links_of_a_new_identifier_link_it_once(identity):
     assert sum(len(result.linked) for result in results) == 1  # exactly one call linked it; the rest found it linked
     assert not any(result.conflicts for result in results)
     assert await rows(engine, identifiers) == 2
+
+
+async def test_concurrent_resolves_of_a_new_person_by_traits_alone_create_one_customer(identity):
+    stub, engine = identity
+    request = pb.ResolveRequest(traits=PERSON, create_if_missing=True)
+    results = await asyncio.gather(*(stub.Resolve(request, timeout=30) for _ in range(CALLS)))
+    assert len({result.customer_id for result in results}) == 1
+    methods = [result.match_method for result in results]
+    assert methods.count(pb.MATCH_METHOD_CREATED) == 1
+    assert methods.count(pb.MATCH_METHOD_PROBABILISTIC) == CALLS - 1  # the others linked to it by traits
+    assert await rows(engine, customers) == 1 and await rows(engine, trait_records) == 1
+
+
+async def test_concurrent_resolves_of_noisy_copies_of_a_new_person_create_one_customer(identity):
+    stub, engine = identity
+    # A typo in the given name and another in the street: different records, still sharing blocking keys.
+    copies = [PERSON, pb.PersonTraits(**{**_fields(PERSON), "given_name": "Rosalnd", "address_line": "Harbor Road"})]
+    results = await asyncio.gather(
+        *(
+            stub.Resolve(pb.ResolveRequest(traits=copies[n % 2], create_if_missing=True), timeout=30)
+            for n in range(CALLS)
+        )
+    )
+    assert len({result.customer_id for result in results}) == 1
+    assert [result.match_method for result in results].count(pb.MATCH_METHOD_CREATED) == 1
+    assert await rows(engine, customers) == 1
+
+
+def _fields(traits: pb.PersonTraits) -> dict[str, str]:
+    return {field.name: value for field, value in traits.ListFields()}

@@ -256,6 +256,38 @@ async def test_get_consent_errors(identity):
     )
 
 
+async def test_consent_on_sms_and_app_channels_is_kept_per_channel(identity):
+    stub, engine = identity
+    customer_id = await create(stub, ident(EMAIL, "texts@example.com"))
+    sms, app = common.CHANNEL_SMS, common.CHANNEL_APP
+    granted = await stub.SetConsent(
+        pb.SetConsentRequest(
+            customer_id=customer_id,
+            consents=[consent(channel=app, source="app-onboarding"), consent(channel=sms, source="sms-keyword")],
+        )
+    )
+    # Ordered by purpose then channel, SMS before APP (their order in the contract).
+    assert states(granted.consents) == [(MARKETING, sms, True, "sms-keyword"), (MARKETING, app, True, "app-onboarding")]
+
+    async def allowed(channel: int) -> bool:
+        request = pb.GetConsentRequest(customer_id=customer_id, purpose=MARKETING, channel=channel)
+        return (await stub.GetConsent(request)).allowed
+
+    assert await allowed(sms) and await allowed(app) and not await allowed(WEB)
+
+    # "STOP" by text withdraws SMS only; the app keeps its grant, and the history keeps both decisions.
+    stop_at = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+    await stub.SetConsent(
+        pb.SetConsentRequest(
+            customer_id=customer_id, consents=[consent(channel=sms, granted=False, source="sms-stop", at=stop_at)]
+        )
+    )
+    assert not await allowed(sms) and await allowed(app)
+    history = await stub.GetConsent(pb.GetConsentRequest(customer_id=customer_id, include_history=True))
+    assert [(c.channel, c.granted) for c in history.history if c.channel == sms] == [(sms, True), (sms, False)]
+    assert await count(engine, consents) == 3
+
+
 async def test_data_survives_a_restart_on_the_same_database(serve, database_url, tmp_path):
     settings = IdentitySettings(database_url=database_url, port=0, common=CommonSettings(data_dir=tmp_path))
     _, channel = await serve(build(settings))

@@ -204,3 +204,57 @@ async def test_closing_the_feed_ends_every_stream_and_refuses_new_ones():
         await next_batch(stream)
     with pytest.raises(StopAsyncIteration):
         await next_batch(feed.watch())
+
+
+async def test_a_suspended_feed_ends_its_streams_and_refuses_new_ones_until_resumed():
+    feed = ChangeFeed()
+    stream = feed.watch()
+    await next_batch(stream)
+    feed.suspend()  # its relay lost the database: changes may be missed from now on
+    with pytest.raises(StopAsyncIteration):
+        await next_batch(stream)
+    with pytest.raises(StopAsyncIteration):
+        await next_batch(feed.watch())
+    feed.resume()
+    again = feed.watch()
+    assert await next_batch(again) == []
+    feed.publish(["p-1"])
+    assert await next_batch(again) == ["p-1"]
+    feed.close()
+    feed.resume()  # a closed feed stays closed
+    with pytest.raises(StopAsyncIteration):
+        await next_batch(feed.watch())
+
+
+async def test_get_many_loads_only_the_missing_keys_in_one_call_and_serves_the_rest_cached():
+    cache, calls = live_cache(customer_of=lambda key, value: key[0]), []
+
+    async def load(missing):
+        calls.append(list(missing))
+        return {key: f"v-{key[1]}" for key in missing}
+
+    assert await cache.get_many([("p-1", "s1"), ("p-2", "s1")], load) == {("p-1", "s1"): "v-s1", ("p-2", "s1"): "v-s1"}
+    assert await cache.get_many([("p-2", "s1"), ("p-3", "s1")], load) == {("p-2", "s1"): "v-s1", ("p-3", "s1"): "v-s1"}
+    assert calls == [[("p-1", "s1"), ("p-2", "s1")], [("p-3", "s1")]]
+    cache.invalidate(["p-2"])  # the owner (here a product) changed
+    await cache.get_many([("p-1", "s1"), ("p-2", "s1")], load)
+    assert calls[-1] == [("p-2", "s1")]
+
+
+async def test_get_many_does_not_store_what_a_concurrent_change_may_have_outdated():
+    cache = live_cache(customer_of=lambda key, value: key)
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(missing):
+        started.set()
+        await release.wait()
+        return {key: "old" for key in missing}
+
+    task = asyncio.create_task(cache.get_many(["p-1", "p-2"], slow))
+    await started.wait()
+    cache.invalidate(["p-1"])  # p-1 changed while its read was in flight
+    release.set()
+    assert await task == {"p-1": "old", "p-2": "old"}
+    assert len(cache) == 1  # only p-2 was stored
+    calls = []
+    assert await cache.get("p-2", loader("new", calls)) == "old" and calls == []

@@ -36,6 +36,7 @@ class FakeTransaction:
         self.stock = dict(store.stock)
         self.updates = set(store.updates)
         self.applied: list[StockChange] = []
+        self.announced: list[str] = []
 
     async def record_update(self, update_id: str, applied_at: datetime) -> bool:
         if update_id in self.updates:
@@ -55,6 +56,9 @@ class FakeTransaction:
     async def stock_of(self, pairs: Sequence[tuple[str, str]]) -> list[Availability]:
         return [self.store.availability(sku, location, self.stock) for sku, location in reversed(pairs)]
 
+    def announce(self, product_ids) -> None:
+        self.announced.extend(product_ids)
+
 
 class FakeStore:
     def __init__(self, locations: dict[str, LocationKind], variants: list[Variant]) -> None:
@@ -63,6 +67,8 @@ class FakeStore:
         self.stock: dict[tuple[str, str], tuple[int, datetime]] = {}
         self.updates: set[str] = set()
         self.transactions: list[FakeTransaction] = []
+        #: Products announced by committed transactions (what the change feed would carry).
+        self.announced: list[str] = []
 
     def availability(self, sku: str, location_id: str, stock: dict) -> Availability:
         v = self.variants[sku]
@@ -82,6 +88,7 @@ class FakeStore:
         self.transactions.append(tx)
         yield tx
         self.stock, self.updates = tx.stock, tx.updates  # reached only when the block did not raise
+        self.announced.extend(tx.announced)
 
 
 @pytest.fixture
@@ -215,6 +222,7 @@ async def test_update_applies_changes_and_returns_pairs_in_request_order(invento
         ("CAP", "dc", 3, T1),
     ]
     assert store.stock == {("TEE-S", "s1"): (2, T1), ("CAP", "dc"): (3, T1)}
+    assert sorted(set(store.announced)) == ["CAP", "TEE"]  # the change feed names the changed products
 
 
 async def test_a_repeated_update_id_changes_nothing(inventory, store):
@@ -224,6 +232,7 @@ async def test_a_repeated_update_id_changes_nothing(inventory, store):
     assert [(a.sku, a.on_hand) for a in again.availability] == [("TEE-S", 3)]
     assert store.stock[("TEE-S", "s1")] == (3, T1)
     assert store.transactions[-1].applied == []
+    assert store.announced == ["TEE"]  # only the first, applied update is announced
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import pytest
 from nextbest.decision.v1 import decision_service_pb2 as pb
 
 from cli.main import build_parser
+from cli.report import format_report, length_text
 from cli.report_html import verdict
 from services.decision.domain.report import LATENCY_BOUNDS_MS, histogram_quantile
 
@@ -50,3 +51,18 @@ def test_report_options_choose_the_outputs():
     assert (files.html, files.json_to, files.bucket, files.by) == ("r.html", "r.json", timedelta(minutes=15), ["offer"])
     with pytest.raises(SystemExit):
         parse(["report", "--bucket", "soon"])
+
+
+def test_attribution_window_option_takes_a_length_or_seconds_and_is_shown():
+    parse = build_parser().parse_args
+    assert parse(["report"]).attribution_window is None  # the service's default
+    assert parse(["report", "--attribution-window", "7d"]).attribution_window == timedelta(days=7)
+    assert parse(["report", "--attribution-window", "5400"]).attribution_window == timedelta(minutes=90)
+    for bad in ("0", "-3", "soon"):
+        with pytest.raises(SystemExit):
+            parse(["report", "--attribution-window", bad])
+    reply = pb.GetReportResponse()
+    reply.attribution_window.FromTimedelta(timedelta(days=2))
+    assert "outcomes counted within 2 days of each decision" in format_report(reply, [])
+    assert [length_text(timedelta(seconds=s)) for s in (604_800, 3_600, 5_400, 45)] == [
+        "1 week", "1 hour", "90 minutes", "45 seconds"]

@@ -1,4 +1,8 @@
-"""Step 7 of Decide: score = propensity x value x lever x context weight; one offer per product; rank and cut.
+"""Step 7 of Decide: score = propensity x value x value factor x lever x context weight; one offer per product; rank
+and cut.
+
+The value factor (domain/value.py) scales a retention offer's value (loyalty perk, service action) with the
+customer's predicted lifetime value, 1 to 2; 1 for every other offer and for customers without the model trait.
 
 The context weight starts at 1 and is multiplied for what the customer is doing or always does:
 
@@ -13,8 +17,8 @@ Exploration (optional) picks the first slot among the `explore_top` best candida
 greedily after it. Epsilon-greedy: the best with probability 1 - epsilon, else one drawn uniformly (probabilities
 exact). Thompson sampling: each candidate's propensity p is drawn from Beta(1 + n*p, 1 + n*(1 - p)) (n =
 `thompson_strength` pseudo-observations) and the highest sampled score wins; the probability of each first choice is
-estimated by Monte Carlo over `thompson_draws` draws (they sum to one exactly) and the choice is one of those draws,
-so a shown offer never has a logged probability of zero.
+computed exactly by quadrature (`domain/thompson.py`) and the choice is drawn from those probabilities, which is the
+same distribution as drawing the Betas and taking the best, so a shown offer never has a logged probability of zero.
 """
 
 from __future__ import annotations
@@ -23,10 +27,10 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from services.decision.catalogue import Catalogue, Offer
 from services.decision.domain.model import Candidate, Context, CustomerView
+from services.decision.domain.thompson import first_probabilities
+from services.decision.domain.value import value_factor
 
 EPSILON_GREEDY = "epsilon_greedy"
 THOMPSON = "thompson"
@@ -53,8 +57,7 @@ class ArbitrationPolicy:
     explore_top: int = 5
     #: EPSILON_GREEDY (explores only when epsilon > 0) or THOMPSON.
     exploration: str = EPSILON_GREEDY
-    #: Thompson sampling: Monte Carlo draws estimating the first-slot probabilities, and the prior's strength.
-    thompson_draws: int = 1000
+    #: Thompson sampling: the prior's strength (pseudo-observations behind each propensity).
     thompson_strength: float = 20.0
 
     @property
@@ -100,6 +103,9 @@ class Scored:
     context_weight: float
     weight_codes: tuple[str, ...]
     score: float
+    #: The multiplier of the offer's value (domain/value.py) and its source ("" when 1.0).
+    value_factor: float = 1.0
+    value_source: str = ""
 
 
 @dataclass(frozen=True)
@@ -112,7 +118,7 @@ class Arbitration:
     dropped: dict[str, str]
     #: Returned offer id -> the probability that this policy shows it in this decision (1.0 when greedy).
     shown_probability: dict[str, float] = field(default_factory=dict)
-    #: Exploration pool offer id -> the probability that it takes the first slot (they sum to one; Thompson: estimated).
+    #: Exploration pool offer id -> the probability that it takes the first slot (they sum to one).
     first_probability: dict[str, float] = field(default_factory=dict)
     explored: bool = False
 
@@ -131,8 +137,9 @@ def arbitrate(
     for candidate in candidates:
         offer = candidate.offer
         weight, codes = context_weight(offer, ctx, customer, in_cart, catalogue, policy)
-        score = candidate.propensity * offer.value * offer.lever * weight
-        scored.append(Scored(candidate, weight, codes, score))
+        factor, source = value_factor(offer, customer)
+        score = candidate.propensity * offer.value * factor * offer.lever * weight
+        scored.append(Scored(candidate, weight, codes, score, factor, source))
     scored.sort(key=lambda s: (-s.score, s.candidate.offer.id))  # ties broken by id: the same input ranks the same
     ranked, dropped = _fill(scored, policy.min_priority, max_offers, None)
     if not policy.explores or not ranked:
@@ -165,18 +172,23 @@ def arbitrate(
 
 
 def _thompson(pool: list[Scored], policy: ArbitrationPolicy, rng: random.Random) -> tuple[dict[str, float], Scored]:
-    """Monte Carlo first-slot probabilities under Thompson sampling, and the first choice (the first draw's)."""
-    propensity = np.array([s.candidate.propensity for s in pool])
-    # Score per unit of propensity (value x lever x context weight); the sampled propensity replaces the point one.
-    worth = np.array([s.candidate.offer.value * s.candidate.offer.lever * s.context_weight for s in pool])
-    strength = policy.thompson_strength
-    draws = np.random.default_rng(rng.getrandbits(64)).beta(
-        1 + strength * propensity, 1 + strength * (1 - propensity), size=(policy.thompson_draws, len(pool))
+    """Exact first-slot probabilities under Thompson sampling, and the first choice drawn from them."""
+    # Score per unit of propensity (value x value factor x lever x context weight); the sampled propensity replaces
+    # the point one.
+    probabilities = first_probabilities(
+        [s.candidate.propensity for s in pool],
+        [s.candidate.offer.value * s.value_factor * s.candidate.offer.lever * s.context_weight for s in pool],
+        policy.thompson_strength,
     )
-    winners = np.argmax(draws * worth, axis=1)
-    wins = np.bincount(winners, minlength=len(pool))
-    first_probability = {s.candidate.offer.id: int(wins[i]) / policy.thompson_draws for i, s in enumerate(pool)}
-    return first_probability, pool[int(winners[0])]
+    first_probability = {s.candidate.offer.id: p for s, p in zip(pool, probabilities, strict=True)}
+    draw, chosen = rng.random(), pool[0]
+    for item, probability in zip(pool, probabilities, strict=True):
+        if probability > 0:  # never choose an offer logged at zero (the last positive one takes any rounding left)
+            chosen = item
+            draw -= probability
+            if draw < 0:
+                break
+    return first_probability, chosen
 
 
 def _fill(

@@ -6,12 +6,20 @@ Every removed offer gets one reason (the first rule it fails), recorded in the d
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from services.decision.catalogue import Catalogue, Offer
 from services.decision.domain import rules as cel_rules
 from services.decision.domain.model import TIER_RANK, Context, CustomerView
+from services.decision.domain.returns import (
+    DEFAULT_RETURNED_WITHIN,
+    NOTHING_RETURNED,
+    RECENTLY_RETURNED,
+    Returned,
+    recently_returned,
+    returned_conflict,
+)
 
 MARKETING = "marketing"
 
@@ -67,7 +75,14 @@ class Screening:
     details: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def rule_facts(channel: str, ctx: Context, customer: CustomerView, catalogue: Catalogue, now: datetime) -> Any:
+def rule_facts(
+    channel: str,
+    ctx: Context,
+    customer: CustomerView,
+    catalogue: Catalogue,
+    now: datetime,
+    returned: Returned = NOTHING_RETURNED,
+) -> Any:
     """The CEL variables of one decision (see domain/rules.py)."""
     viewed = catalogue.product_of_sku.get(ctx.sku, "") if ctx.sku else ""
     in_cart = sorted(cart_products(ctx, customer, catalogue))
@@ -88,20 +103,34 @@ def rule_facts(channel: str, ctx: Context, customer: CustomerView, catalogue: Ca
         store_id=ctx.store_id,
         call_reason=ctx.call_reason,
         now=now,
+        returned_skus=list(returned.skus),
+        returned_products=sorted(returned.products),
+        returned_categories=sorted(returned.categories),
     )
 
 
-def screen(catalogue: Catalogue, channel: str, ctx: Context, customer: CustomerView, now: datetime) -> Screening:
+def screen(
+    catalogue: Catalogue,
+    channel: str,
+    ctx: Context,
+    customer: CustomerView,
+    now: datetime,
+    returned_within: timedelta = DEFAULT_RETURNED_WITHIN,
+) -> Screening:
     in_cart = cart_products(ctx, customer, catalogue)
+    returned = recently_returned(customer, catalogue, now, returned_within)
     eligible: list[Offer] = []
     removed: dict[str, str] = {}
     details: dict[str, dict[str, Any]] = {}
     facts = None  # built once, and only when an offer that got this far has CEL rules
     for offer in catalogue.offers:
         reason = ineligibility(offer, channel, ctx, customer, in_cart, now)
+        if reason is None and (why_returned := returned_conflict(offer, returned, catalogue)) is not None:
+            reason = RECENTLY_RETURNED
+            details[offer.id] = {"why": why_returned}
         if reason is None and offer.rules:
             if facts is None:
-                facts = rule_facts(channel, ctx, customer, catalogue, now)
+                facts = rule_facts(channel, ctx, customer, catalogue, now, returned)
             failed = cel_rules.failing_rule(offer.rules, facts)
             if failed is not None:
                 rule, why = failed

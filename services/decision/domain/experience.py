@@ -2,22 +2,31 @@
 
 Associate actions are synthesised here when the SKU a POS customer wants is sold out in their store; they are
 service actions (no marketing consent needed) ranked together with the catalogue's offers.
+
+A scarce offer kept for a loyal or high-value customer (domain/scarcity.py) is a **buy-now**: on the web its
+pre-fill is an express checkout (BUY_NOW, units left, hold time) with a plain headline; at POS the associate is
+told to sell or reserve it now; in the call centre the agent's script offers it first on a scarce-item call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import replace
+from datetime import timedelta
 
 from services.decision.catalogue import Catalogue, Offer, Product, Variant
 from services.decision.domain.model import (
+    BUY_NOW,
     Candidate,
     Context,
     CustomerView,
     Preferences,
     Prefill,
+    Scarce,
     StockHint,
     StockView,
 )
+from services.decision.domain.scarcity import SCARCE_LOYAL
 from services.decision.domain.stock import alternative_products
 
 DEFAULT_SHIPPING_METHOD = "standard"
@@ -32,6 +41,10 @@ PRIOR_SHIP_TO_HOME = 0.4
 PRIOR_RESERVE_NEARBY = 0.3
 #: Share of the price the retailer keeps on a sale an action saves: the action's value.
 ACTION_MARGIN = 0.3
+#: How long the web's express checkout is held for the customer unless the settings say otherwise.
+DEFAULT_BUY_NOW_HOLD = timedelta(minutes=15)
+#: The call reason of a scarce-item campaign call (as in domain/priority.py).
+SCARCE_ITEM_CALL = "scarce_item"
 
 
 def describe(variant: Variant) -> str:
@@ -64,9 +77,17 @@ def preference_rank(variant: Variant, prefs: Preferences) -> tuple[int, int]:
 
 
 def web_prefill(
-    offer: Offer, ctx: Context, customer: CustomerView, catalogue: Catalogue, stock: StockView | None, warehouse: str
+    offer: Offer,
+    ctx: Context,
+    customer: CustomerView,
+    catalogue: Catalogue,
+    stock: StockView | None,
+    warehouse: str,
+    scarce: Scarce | None = None,
+    hold: timedelta = DEFAULT_BUY_NOW_HOLD,
 ) -> Prefill | None:
-    """A one-click cart line for the offer's product, or for the viewed product when the offer has none."""
+    """A one-click cart line for the offer's product, or for the viewed product when the offer has none; an express
+    checkout (BUY_NOW) of the customer's in-stock variant when the offer is scarce and kept for them."""
     product_id = offer.product_id or catalogue.product_of_sku.get(ctx.sku)
     if product_id is None:
         return None
@@ -80,12 +101,37 @@ def web_prefill(
         variant = choose_variant(product, lambda sku: stock.units(sku, warehouse) > 0, prefs)
     if variant is None:
         return None
-    return Prefill(
+    prefill = Prefill(
         sku=variant.sku,
         quantity=1,
         size=variant.size,
         colour=variant.colour,
         shipping_method=prefs.shipping_method or DEFAULT_SHIPPING_METHOD,
+    )
+    if scarce is not None and offer.type != "pre_order":
+        prefill = replace(prefill, action=BUY_NOW, units_left=scarce.units_left, hold_seconds=int(hold.total_seconds()))
+    return prefill
+
+
+def kept_for(scarce: Scarce) -> str:
+    """Who the last units are kept for, as the customer reads it."""
+    return f"{scarce.tier} members" if scarce.code == SCARCE_LOYAL else "our best customers"
+
+
+def buy_now_headline(scarce: Scarce) -> str:
+    """The web line of a buy-now, e.g. "Only 3 left — reserved for gold members: buy now."."""
+    return f"Only {scarce.units_left} left — reserved for {kept_for(scarce)}: buy now."
+
+
+def buy_now_script(scarce: Scarce, offer: Offer, channel: str, call_reason: str = "") -> str:
+    """What the associate or agent says first about a buy-now."""
+    who = f"loyal {scarce.tier} customer" if scarce.code == SCARCE_LOYAL else "high-value customer"
+    if channel == "pos":
+        return f"{scarce.units_left} left in store — {who}: sell it now, or reserve one for them."
+    lead = "Offer this first" if call_reason.strip().lower() == SCARCE_ITEM_CALL else "Offer to order it now"
+    return (
+        f"{lead}: {offer.name} — only {scarce.units_left} left, kept for {kept_for(scarce)}; "
+        "they can buy it now on this call."
     )
 
 
@@ -220,7 +266,5 @@ def _in_store_alternative(
             if v.sku != wanted.sku and (units := stock.units(v.sku, store_id)) > 0
         ]
         if options:
-            return min(
-                options,
-key=lambda o: (o[1].size != wanted.size, preference_rank(o[1], prefs), -o[2]))
+            return min(options, key=lambda o: (o[1].size != wanted.size, preference_rank(o[1], prefs), -o[2]))
     return None

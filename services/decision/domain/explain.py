@@ -24,6 +24,8 @@ class ConsideredOffer:
     score: float = 0.0
     rank: int = 0
     probability: float = 0.0
+    value_factor: float = 0.0
+    value_factor_source: str = ""
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ def considered_offer(entry: Mapping[str, Any]) -> ConsideredOffer:
         offer_id=entry["offer_id"],
         fate="ranked" if "rank" in entry else "dropped",
         removed_by=entry.get("dropped", ""),
+        why=entry.get("why", ""),  # a buy-now: why the offer was kept for this customer
         propensity=float(entry.get("propensity", 0.0)),
         propensity_source=entry.get("source", ""),
         value=float(entry.get("value", 0.0)),
@@ -63,6 +66,8 @@ def considered_offer(entry: Mapping[str, Any]) -> ConsideredOffer:
         score=float(entry.get("score", 0.0)),
         rank=int(entry.get("rank", 0)),
         probability=float(entry.get("probability", 1.0 if "rank" in entry else 0.0)),
+        value_factor=float(entry.get("value_factor", 1.0)),  # decisions before the value factor: 1
+        value_factor_source=entry.get("value_factor_source", ""),
     )
 
 

@@ -62,6 +62,23 @@ class Preferences:
 
 
 @dataclass(frozen=True)
+class Prediction:
+    """A model's prediction about the customer, written to the profile by nightly rescoring (a model trait)."""
+
+    value: float
+    model_version: str
+
+
+@dataclass(frozen=True)
+class ReturnedItem:
+    """A SKU the customer returned recently (the profile keeps the last 90 days); `category` may be ""."""
+
+    sku: str
+    category: str
+    returned_at: datetime
+
+
+@dataclass(frozen=True)
 class Traits:
     """The profile traits the decision uses; the defaults describe a customer we know nothing about."""
 
@@ -78,6 +95,12 @@ class Traits:
     preferences: Preferences = Preferences()
     #: The profile segments the customer is in (names, sorted); logged with each decision for the report.
     segments: tuple[str, ...] = ()
+    #: Predicted net spend in the next 12 months (the lifetime-value model's trait); None when never scored.
+    predicted_ltv: Prediction | None = None
+    #: Probability of no order in the churn model's horizon (its trait); None when never scored.
+    churn_risk: Prediction | None = None
+    #: SKUs returned recently, newest first (domain/returns.py narrows them to the decision's window).
+    recently_returned: tuple[ReturnedItem, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -137,6 +160,11 @@ class StockView:
         return self._by_sku.get(sku, [])
 
 
+#: What the web pre-fill's button does (CartPrefill.action).
+ADD_TO_CART = "add_to_cart"
+BUY_NOW = "buy_now"
+
+
 @dataclass(frozen=True)
 class Prefill:
     sku: str
@@ -144,6 +172,23 @@ class Prefill:
     size: str
     colour: str
     shipping_method: str
+    #: ADD_TO_CART, or BUY_NOW (express checkout) for a scarce offer kept for this customer.
+    action: str = ADD_TO_CART
+    #: BUY_NOW: units of the product left at the fulfilling location, and how long the checkout is held (seconds).
+    units_left: int = 0
+    hold_seconds: int = 0
+
+
+@dataclass(frozen=True)
+class Scarce:
+    """Why a scarce offer was kept for this customer, which makes it a buy-now (domain/scarcity.py)."""
+
+    #: "scarce_loyal" or "scarce_high_value".
+    code: str
+    units_left: int
+    location_id: str
+    tier: str
+    why: str
 
 
 @dataclass(frozen=True)
@@ -165,6 +210,8 @@ class Candidate:
     #: Offers sharing a key compete for one slot (one offer per product); None means the offer's own key.
     diversity_key: str | None = None
     stock: tuple[StockHint, ...] = ()
+    #: Set when the offer is scarce and kept for this customer: the channel experience turns it into a buy-now.
+    scarce: Scarce | None = None
 
     @property
     def key(self) -> str:
@@ -192,6 +239,8 @@ class DecidedOffer:
     #: The probability that the decision policy (exploration, control draw) shows this offer; 1.0 if greedy.
     #: Exact, except under Thompson sampling (a Monte Carlo estimate).
     probability: float = 1.0
+    #: Web: the line shown with the offer (the buy-now text); "" when the name says it all.
+    headline: str = ""
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ candidate policy gives its own probability `pi` for the same offer, and
 
 - IPS estimates the candidate's value as mean(pi/mu * reward) — unbiased when mu > 0 wherever pi > 0;
 - self-normalised IPS divides by the sum of the weights instead of n — a little biased, far less variable;
-- doubly robust adds a reward model q(x, a) supplied by the caller: mean(sum_a pi(a) q(x, a) + pi/mu * (reward -
+- doubly robust adds a reward model q(x, a) supplied by the caller (for the decision log, the cross-fitted model of
+  services/decision/offline/reward_model.py; for Hillstrom, offline/hillstrom.py's): mean(sum_a pi(a) q(x, a) + pi/mu * (reward -
   q(x, logged))) — the model's prediction for the candidate, corrected by the weighted residual of what was logged.
   Unbiased however wrong q is (the correction has the model's error as its expectation), and the better q, the
   smaller the variance: a perfect q leaves only the reward's own noise;
@@ -18,6 +19,7 @@ about the others), IPS is blind; `unsupported` reports that mass so the number i
 (`NEXTBEST_DECISION_EXPLORATION_EPSILON`) and the control group are what give the log its support.
 
 Pure: plain dicts from the stored trace in, numbers out (the CLI reads the log; reward models are fitted offline).
+A round's reward counts only the outcomes within the attribution window after its decision (as GetReport does).
 """
 
 from __future__ import annotations
@@ -159,6 +161,9 @@ class Evaluation:
     max_weight: float
     unsupported: float  # mean candidate mass on offers the logging policy never chose
     dr: Estimate | None = None  # doubly robust, when a reward model was given
+    #: The logging policy's own value on the same decisions with its bootstrap interval: a sanity line (an
+    #: estimate for a policy close to the logged one should land near it).
+    logged: Estimate | None = None
 
 
 #: Resamples drawn at once: the (chunk x rounds) draws stay small however long the log.
@@ -209,7 +214,7 @@ def evaluate(
         return Evaluation(0, skipped, 0.0, nothing, nothing, 0.0, 0.0, 0.0, None if reward_model is None else nothing)
     w, r = np.asarray(weights), np.asarray(rewards)
     n = len(w)
-    columns = [w * r, w]
+    columns = [w * r, w, r]
     if reward_model is not None:
         q_pi, q_logged = np.asarray(direct).T
         columns.append(q_pi + w * (r - q_logged))
@@ -233,5 +238,6 @@ def evaluate(
         effective_sample_size=float(w.sum() ** 2 / (w**2).sum()) if (w**2).sum() > 0 else 0.0,
         max_weight=float(w.max()),
         unsupported=unsupported / n,
-        dr=estimate(point[2] / n, sums[:, 2] / n) if reward_model is not None else None,
+        dr=estimate(point[3] / n, sums[:, 3] / n) if reward_model is not None else None,
+        logged=estimate(point[2] / n, sums[:, 2] / n),
     )

@@ -10,14 +10,23 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any
 
 from services.decision.catalogue import Catalogue
 from services.decision.domain.arbitration import THOMPSON, ArbitrationPolicy, Scored, arbitrate
 from services.decision.domain.eligibility import Screening, cart_products
-from services.decision.domain.experience import associate_actions, offer_script, stock_hints, web_prefill
+from services.decision.domain.experience import (
+    DEFAULT_BUY_NOW_HOLD,
+    associate_actions,
+    buy_now_headline,
+    buy_now_script,
+    offer_script,
+    stock_hints,
+    web_prefill,
+)
 from services.decision.domain.experiment import CONTROL, TREATMENT
-from services.decision.domain.model import Candidate, Context, CustomerView, DecidedOffer, StockView
+from services.decision.domain.model import BUY_NOW, Candidate, Context, CustomerView, DecidedOffer, Scarce, StockView
 from services.decision.domain.scarcity import scarcity_verdict
 from services.decision.domain.stock import stock_location, stock_verdict
 from services.decision.features import RequestContext
@@ -73,6 +82,7 @@ def conclude(
     arm: str = TREATMENT,
     control_offer: str = "random",
     rng: random.Random | None = None,
+    buy_now_hold: timedelta = DEFAULT_BUY_NOW_HOLD,
 ) -> Conclusion:
     """Steps 6-8 and the trace; `scores` / `stock` None means that dependency failed (fallbacks apply).
 
@@ -99,7 +109,13 @@ def conclude(
             propensity, source = probability, "model_propensity"
         scarce_code = scarcity.code if scarcity is not None else ""
         reasons = tuple(code for code in (stock_code, scarce_code, "consented" if offer.marketing else "") if code)
-        candidates.append(Candidate(offer, propensity, source, reasons))
+        # Kept while scarce: the last units are this customer's to take, so the experience is a buy-now.
+        scarce = (
+            Scarce(scarcity.code, scarcity.units, scarcity.location_id, customer.traits.loyalty_tier, scarcity.why)
+            if scarcity is not None and offer.type != "pre_order"  # a pre-order is not there to buy now
+            else None
+        )
+        candidates.append(Candidate(offer, propensity, source, reasons, scarce=scarce))
     if channel == "pos":
         candidates.extend(associate_actions(ctx, customer, catalogue, stock, ctx.store_id, warehouse_id))
 
@@ -124,7 +140,7 @@ def conclude(
         probability = arbitration.shown_probability
     offers = tuple(
         replace(
-            _present(rank, item, channel, ctx, customer, catalogue, stock, warehouse_id),
+            _present(rank, item, channel, ctx, customer, catalogue, stock, warehouse_id, buy_now_hold),
             probability=probability.get(item.candidate.offer.id, 1.0),
         )
         for rank, item in enumerate(arbitration.ranked, start=1)
@@ -144,8 +160,19 @@ def conclude(
             "lever": offer.lever,
             "context_weight": item.context_weight,
             "factors": list(item.weight_codes),
+            "value_factor": item.value_factor,
+            "value_factor_source": item.value_source,
             "score": item.score,
         }
+        if item.candidate.scarce is not None:  # why it is (or would have been) a buy-now, for Explain
+            scarce = item.candidate.scarce
+            entry["why"] = f"buy now ({scarce.code}): {scarce.why}"
+            entry["buy_now"] = {
+                "code": scarce.code,
+                "units_left": scarce.units_left,
+                "location_id": scarce.location_id,
+                "hold_seconds": int(buy_now_hold.total_seconds()),
+            }
         if offer.id in ranks:
             entry["rank"] = ranks[offer.id]
             entry["probability"] = probability.get(offer.id, 1.0)
@@ -160,8 +187,8 @@ def conclude(
             "explored": arbitration.explored,
             "first_probability": arbitration.first_probability,
         }
-        if policy.exploration == THOMPSON:  # the probabilities are Monte Carlo estimates over this many draws
-            trace["exploration"]["draws"] = policy.thompson_draws
+        if policy.exploration == THOMPSON:  # the prior behind the (exact, quadrature) probabilities
+            trace["exploration"]["strength"] = policy.thompson_strength
     no_offer_reason = ""
     if not offers:
         if arm == CONTROL and control_offer != "random":
@@ -181,15 +208,23 @@ def _present(
     catalogue: Catalogue,
     stock: StockView | None,
     warehouse_id: str,
+    buy_now_hold: timedelta = DEFAULT_BUY_NOW_HOLD,
 ) -> DecidedOffer:
     candidate = item.candidate
     offer = candidate.offer
     prefill = script = None
+    headline = ""
     hints = candidate.stock
+    buy_now = False
     if channel == "web":
-        prefill = web_prefill(offer, ctx, customer, catalogue, stock, warehouse_id)
+        prefill = web_prefill(offer, ctx, customer, catalogue, stock, warehouse_id, candidate.scarce, buy_now_hold)
+        if prefill is not None and prefill.action == BUY_NOW and candidate.scarce is not None:
+            headline, buy_now = buy_now_headline(candidate.scarce), True
     else:
         script = offer_script(offer, channel, catalogue, stock, ctx.store_id)
+        if candidate.scarce is not None:
+            script = f"{buy_now_script(candidate.scarce, offer, channel, ctx.call_reason)} {script}"
+            buy_now = True
         if channel == "pos" and not hints and offer.product_id is not None:
             hints = stock_hints(catalogue.products[offer.product_id], stock, ctx.store_id)
     return DecidedOffer(
@@ -201,8 +236,15 @@ def _present(
         propensity=candidate.propensity,
         value=offer.value,
         lever=offer.lever,
-        reason_codes=(candidate.propensity_source, *candidate.reasons, *item.weight_codes),
+        reason_codes=(
+            candidate.propensity_source,
+            *candidate.reasons,
+            *item.weight_codes,
+            *((item.value_source,) if item.value_source else ()),
+            *(("buy_now",) if buy_now else ()),
+        ),
         prefill=prefill,
         script=script or "",
         stock=hints,
+        headline=headline,
     )

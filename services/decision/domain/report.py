@@ -4,7 +4,9 @@ Pure: the storage adapter aggregates the decision log in SQL into one `GroupTota
 arm), and `report_rows` turns them into rates, intervals and uplift. Definitions (also in the contract):
 
 - the unit is a decision, or a showing of an offer when the report is per offer (grouped by offer or filtered by
-  offer id); a unit is in the window by its decision time, and all its outcomes count whenever they arrived;
+  offer id); a unit is in the window by its decision time, and its outcomes count only when they occurred within the
+  attribution window after it (decided_at <= occurred_at <= decided_at + window, the rule the trainer labels by,
+  services/scoring/outcomes.py): a purchase a month later is not this decision's doing;
 - a unit is accepted when it has an accept or a purchase outcome (as `nextbest model compare` counts it);
 - revenue is the sum of the unit's outcome values; revenue per decision is its mean over units, zeros included;
 - uplift is treatment minus control within the same group: acceptance rates (Newcombe interval) and revenue per
@@ -29,6 +31,10 @@ ACCEPTED_OUTCOMES = ("accept", "purchase")
 #: Arms with fewer units than this are flagged when the request names no threshold.
 DEFAULT_MIN_SAMPLE = 100
 
+#: Outcomes count towards a decision this long after it unless the request or the service says otherwise (the
+#: same default as `nextbest model train --window-days`).
+DEFAULT_ATTRIBUTION_WINDOW = timedelta(days=7)
+
 #: The narrowest time bucket: finer buckets would only chart noise and multiply the rows.
 MIN_BUCKET = timedelta(minutes=1)
 #: Upper bounds (ms) of the latency histogram, 1-2-3-5-7 steps: a percentile is exact to within its bucket.
@@ -48,6 +54,7 @@ class ReportQuery:
     offer_id: str = ""  # empty: every offer
     min_sample: int = DEFAULT_MIN_SAMPLE
     bucket_width: timedelta | None = None  # None: one row per group over the whole window
+    attribution_window: timedelta = DEFAULT_ATTRIBUTION_WINDOW
 
     @property
     def per_offer(self) -> bool:

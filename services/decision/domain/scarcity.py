@@ -4,6 +4,7 @@ An offer with a `scarcity` policy (see catalogue.Scarcity) is scarce when its pr
 units at the fulfilling location (the stock the decision already looked up). Then the customer keeps it when their
 tier is a loyal one (`scarce_loyal`: the last units go to them first) or their value percentile reaches the
 minimum (`scarce_high_value`); everyone else loses it (`scarce_low_value`, recorded in the trace with why).
+A kept scarce offer becomes a buy-now in the channel experience (domain/experience.py `buy_now`).
 
 The value percentile is the highest percentile in the policy's `value_percentiles` table whose net value the
 customer's net value reaches (0 below the lowest): a step function over a few numbers the operator takes from
@@ -28,6 +29,9 @@ class ScarcityVerdict:
     #: SCARCE_LOYAL, SCARCE_HIGH_VALUE or SCARCE_LOW_VALUE.
     code: str
     why: str
+    #: Units of the product left at the location (what a buy-now tells the customer).
+    units: int = 0
+    location_id: str = ""
 
 
 def value_percentile(net_value: float, policy: Scarcity) -> float:
@@ -48,12 +52,16 @@ def scarcity_verdict(
     scarce = f"{units} unit(s) left at {location_id} (scarce below {policy.below_units})"
     tier = customer.traits.loyalty_tier
     if tier in policy.loyal_tiers:
-        return ScarcityVerdict(True, SCARCE_LOYAL, f"{scarce}; {tier} tier goes first")
+        return ScarcityVerdict(True, SCARCE_LOYAL, f"{scarce}; {tier} tier goes first", units, location_id)
     percentile = value_percentile(customer.traits.net_value, policy)
     if percentile >= policy.min_value_percentile:
-        return ScarcityVerdict(True, SCARCE_HIGH_VALUE, f"{scarce}; value percentile {percentile:g}")
+        return ScarcityVerdict(
+            True, SCARCE_HIGH_VALUE, f"{scarce}; value percentile {percentile:g}", units, location_id
+        )
     return ScarcityVerdict(
         False,
         SCARCE_LOW_VALUE,
         f"{scarce}; value percentile {percentile:g} below {policy.min_value_percentile:g} and tier {tier} not loyal",
+        units,
+        location_id,
     )

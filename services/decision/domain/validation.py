@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from libs.errors import InvalidArgument
 from services.decision.catalogue import CHANNELS
 from services.decision.domain.model import OUTCOME_TYPES, CustomerRef, DecideInput, OutcomeInput
@@ -58,6 +60,8 @@ def validate_report(query: ReportQuery) -> None:
         raise InvalidArgument("offer_id", f"at most {MAX_ID_LENGTH} characters")
     if query.min_sample < 0:
         raise InvalidArgument("min_sample", "must not be negative")
+    if query.attribution_window <= timedelta(0):
+        raise InvalidArgument("attribution_window", "must be positive")
     if (width := query.bucket_width) is not None:
         if width < MIN_BUCKET or width.microseconds:
             raise InvalidArgument("bucket_width", "must be a whole number of seconds, at least 60")

@@ -89,6 +89,7 @@ class ReturnLine:
     sku: str
     quantity: int
     refund_amount: float
+    category: str = ""  # optional; feeds the recently returned items
 
 
 @dataclass(frozen=True, slots=True)

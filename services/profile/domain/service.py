@@ -5,8 +5,9 @@ customers of events that only carry identifiers (all or nothing: if the identity
 call fails and nothing is applied, so the producer retries), drop repeated ids within the batch, then, per chunk
 of `APPLY_CHUNK` events, in ONE transaction insert the events ignoring ids already stored, lock the affected
 customers' states (a merged customer's events go to its survivor's state, see `domain.lineage`) and fold only the
-newly inserted events into them, in event-time order; then re-evaluate the segments of those customers only,
-storing membership changes in the same transaction. The customers are published on `changes` after each commit.
+newly inserted events into them, in event-time order; then re-evaluate, for those customers only, the segments
+reading a trait the chunk changed (or the clock), storing membership changes in the same transaction. The
+customers are published on `changes` after each commit.
 
 A stream of batches (`ingest_stream`) is applied the same way, one batch at a time as it is read, so at most one
 batch is in flight and the producer is held by gRPC flow control meanwhile.
@@ -16,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from libs.cancellation import uncancelled
 from libs.changefeed import ChangeFeed
 from libs.errors import InvalidArgument, NotFound, Unavailable
 from libs.protoconv import utcnow
@@ -36,6 +39,8 @@ from services.profile.domain.segments import (
 )
 from services.profile.domain.state import ModelTrait, ProfileState, Traits
 from services.profile.domain.validation import MAX_ID_LENGTH, validate_event
+
+_log = logging.getLogger(__name__)
 
 #: Resolve calls in flight at once for one batch: enough to hide latency, not enough to flood identity.
 RESOLVE_CONCURRENCY = 16
@@ -198,6 +203,10 @@ class ProfileRepository(Protocol):
         """Delete the definition (not the members); False when there was none."""
         ...
 
+    async def segments_version(self) -> str:
+        """A value that changes whenever a segment definition is put or deleted (cheap: polled by replicas)."""
+        ...
+
     async def state_documents(self, after: str, limit: int) -> list[tuple[str, dict[str, Any]]]:
         """Up to `limit` customers' stored state documents (`ProfileState.to_document`) with ids after `after`, in
         id order."""
@@ -231,11 +240,18 @@ class ProfileService:
         #: The customers of every committed batch are published here (`WatchChanges`).
         self.changes = changes or ChangeFeed()
         self.segments = SegmentRegistry()
-        #: Serialises segment puts and deletes (each re-evaluates every customer).
+        #: Serialises segment puts, deletes and reloads (a put re-evaluates every customer).
         self._segment_lock = asyncio.Lock()
+        #: The stored definitions' version this registry was loaded at (`refresh_segments`).
+        self._segments_version = ""
+        #: Customers whose segments ingest evaluated since the last poll of the definitions, and in the poll
+        #: interval before that: the ones that may have missed a segment put through another replica.
+        self._evaluated: set[str] = set()
+        self._evaluated_before: set[str] = set()
 
     async def load_segments(self) -> None:
         """Compile the stored segment definitions (on start)."""
+        self._segments_version = await self._repository.segments_version()
         for definition in await self._repository.load_segments():
             self.segments.put(compile_segment(definition))
 
@@ -301,7 +317,9 @@ class ProfileService:
 
         applied = 0
         for start in range(0, len(records), APPLY_CHUNK):
-            applied += await self._apply(records[start : start + APPLY_CHUNK], now)
+            # A chunk under way finishes even if the caller gives up (its deadline passed): cancelling it mid-
+            # transaction costs the pooled connection, and the producer's retry skips what committed.
+            applied += await uncancelled(self._apply(records[start : start + APPLY_CHUNK], now))
         rejected.sort(key=lambda rejection: rejection.index)
         return IngestResult(applied, duplicates + len(records) - applied, tuple(rejected))
 
@@ -355,19 +373,23 @@ class ProfileService:
             locked = sorted(event_customers | by_customer.keys())
             if await tx.roots(locked) != roots or await tx.erased(locked):
                 raise LineageMoved  # (an erasure then gets the batch refused when the producer retries)
+            entered: list[Entered] = []
+            left: list[Left] = []
+            segments = self.segments
             for customer_id, new_events in by_customer.items():
                 state = states[customer_id]
+                # Segments are re-evaluated only when what they read changed (or reads the clock): the values
+                # before the batch are kept to compare. A new customer was never evaluated: all of them.
+                before = segments.snapshot(state, now) if len(segments) and state.first_seen_at is not None else None
                 for event in sorted(new_events, key=lambda e: (e.occurred_at, e.event_id)):
                     state.apply(event, now)
-            if len(self.segments):
-                entered: list[Entered] = []
-                left: list[Left] = []
-                for customer_id, state in states.items():
-                    came, went = self.segments.evaluate(state, now)
+                if len(segments):
+                    came, went = segments.evaluate(state, now, before=before)
                     entered.extend((name, customer_id, now) for name in came)
                     left.extend((name, customer_id) for name in went)
-                if entered or left:
-                    await tx.update_memberships(entered, left)
+            if entered or left:
+                await tx.update_memberships(entered, left)
+            self._evaluated.update(states)  # see refresh_segments
             await tx.save_states(states, now)
         # Committed: readers' caches may now drop these customers (a merged id's answer is its survivor's).
         self.changes.publish(event_customers | by_customer.keys())
@@ -433,7 +455,12 @@ class ProfileService:
         self, name: str, expression: str, description: str, expected_version: int = 0
     ) -> tuple[SegmentDefinition, int]:
         """Store a new version of a segment and re-evaluate every customer against it; returns it and its
-        member count."""
+        member count.
+
+        The run takes SEGMENT_PAGE customers per transaction, so ingest waits for one page's row locks at most.
+        It is right under concurrent ingest because the new version is in the registry before the first page: a
+        batch committed before a customer's page is seen by the page, one committed after it re-evaluates the
+        segment itself when it changes what the segment reads (and an unchanged input keeps the page's answer)."""
         now = self._clock()
         compile_segment(SegmentDefinition(name, expression, description, 0, now))  # validate before storing
         async with self._segment_lock:
@@ -442,7 +469,10 @@ class ProfileService:
             members = 0
             after = ""
             while ids := await self._repository.customer_ids(after, SEGMENT_PAGE):
-                members += await self._reevaluate(ids, name, remove=False)
+                states, _, _ = await self._reevaluate(
+                    ids, lambda state, at: self.segments.evaluate(state, at, only=name)
+                )
+                members += sum(1 for state in states.values() if name in state.segments)
                 after = ids[-1]
         return definition, members
 
@@ -452,34 +482,149 @@ class ProfileService:
             if not await self._repository.delete_segment(name):
                 raise NotFound(f"segment {name!r} does not exist")
             self.segments.remove(name)
-            while members := await self._repository.segment_members(name, "", SEGMENT_PAGE):
-                await self._reevaluate([member.customer_id for member in members], name, remove=True)
+            await self._remove_members(name)
 
-    async def _reevaluate(self, customer_ids: Sequence[str], name: str, remove: bool) -> int:
-        """Re-evaluate (or drop) one segment for these customers in one transaction; returns the members."""
+    async def _remove_members(self, name: str) -> None:
+        def drop(state: ProfileState, _: datetime) -> tuple[set[str], set[str]]:
+            state.segments.pop(name, None)
+            return set(), {name}  # the member row goes even if the state no longer had it
+
+        while members := await self._repository.segment_members(name, "", SEGMENT_PAGE):
+            _, _, missing = await self._reevaluate([member.customer_id for member in members], drop)
+            if missing:  # rows left by a customer whose profile is gone (merged away): just the rows
+                async with self._repository.transaction() as tx:
+                    await tx.update_memberships([], [(name, customer_id) for customer_id in sorted(missing)])
+            if len(members) < SEGMENT_PAGE:
+                break
+
+    async def _reevaluate(
+        self, customer_ids: Sequence[str], evaluate: Callable[[ProfileState, datetime], tuple[set[str], set[str]]]
+    ) -> tuple[dict[str, ProfileState], set[str], set[str]]:
+        """Apply `evaluate` (which updates a state's segments and returns the names entered and left) to these
+        customers under their row locks, in one transaction; stores and publishes those whose membership changed.
+        Returns the states, the customers whose membership changed, and those left out because they have no
+        profile (any more)."""
+        missing: set[str] = set()
+        while True:
+            try:
+                wanted = [customer_id for customer_id in customer_ids if customer_id not in missing]
+                if not wanted:
+                    return {}, set(), missing
+                states, changed = await self._reevaluate_once(wanted, evaluate)
+                return states, changed, missing
+            except _NoProfile as absent:
+                missing |= absent.customer_ids  # rolled back: nothing was created for them
+
+    async def _reevaluate_once(
+        self, customer_ids: Sequence[str], evaluate: Callable[[ProfileState, datetime], tuple[set[str], set[str]]]
+    ) -> tuple[dict[str, ProfileState], set[str]]:
         now = self._clock()
         changed: dict[str, ProfileState] = {}
         entered: list[Entered] = []
         left: list[Left] = []
         async with self._repository.transaction() as tx:
             states = await tx.lock_states(customer_ids, now)
+            # The lock creates an empty state for a customer without one (merged away, erased, never seen): a
+            # state with events always has a first_seen_at. Roll back rather than leave such a row behind.
+            absent = {customer_id for customer_id, state in states.items() if state.first_seen_at is None}
+            if absent:
+                raise _NoProfile(absent)
             for customer_id, state in states.items():
-                if remove:
-                    state.segments.pop(name, None)
-                    changed[customer_id] = state
-                    left.append((name, customer_id))
-                    continue
-                came, went = self.segments.evaluate(state, now, only=name)
+                came, went = evaluate(state, now)
                 if came or went:
                     changed[customer_id] = state
-                    entered.extend((name, customer_id, now) for _ in came)
-                    left.extend((name, customer_id) for _ in went)
+                    entered.extend((name, customer_id, now) for name in came)
+                    left.extend((name, customer_id) for name in went)
             if entered or left:
                 await tx.update_memberships(entered, left)
             if changed:
                 await tx.save_states(changed, now)
         self.changes.publish(changed)
-        return 0 if remove else sum(1 for state in states.values() if name in state.segments)
+        return states, set(changed)
+
+    async def sweep_segments(self) -> int:
+        """Re-evaluate the time-dependent segments (e.g. `days_since_last_purchase > 30`) of every customer, whose
+        membership would otherwise move only on the customer's next event; returns the customers that moved.
+
+        Pages of SEGMENT_PAGE states are read without locks and evaluated; only the customers whose membership
+        would move are then locked, evaluated again on their current state, and stored: the sweep writes little
+        and holds no lock while it reads."""
+        if not self.segments.time_dependent:
+            return 0
+        moved = 0
+        after = ""
+        while documents := await self._repository.state_documents(after, SEGMENT_PAGE):
+            after = documents[-1][0]
+            now = self._clock()
+            candidates: list[str] = []
+            for i, (customer_id, document) in enumerate(documents):
+                if i and i % FEATURES_CHUNK == 0:
+                    await asyncio.sleep(0)  # decoding is CPU: let reads run between chunks
+                if any(self.segments.evaluate(ProfileState.from_document(document), now, time_only=True)):
+                    candidates.append(customer_id)
+            if candidates:
+
+                def evaluate(state: ProfileState, at: datetime) -> tuple[set[str], set[str]]:
+                    return self.segments.evaluate(state, at, time_only=True)
+
+                _, changed, _ = await self._reevaluate(candidates, evaluate)
+                moved += len(changed)
+        return moved
+
+    async def refresh_segments(self) -> bool:
+        """Reload the segment definitions if they changed in the database (another replica put or deleted one);
+        a cheap version query first. Returns whether they had changed.
+
+        The replica that put a segment re-evaluates every customer, but a batch this replica folded meanwhile with
+        the old definitions may have committed after that run passed its customers. Such a batch was evaluated
+        after the previous poll's version read (the other replica's run started after it stored the definition,
+        which this poll is the first to see), so within this poll interval or the one before: those customers are
+        re-evaluated here for the new and changed segments. Members of a segment deleted elsewhere are removed
+        again (this replica may have added some before it knew)."""
+        async with self._segment_lock:
+            version = await self._repository.segments_version()
+            changed_version = version != self._segments_version
+            stored = (
+                {definition.name: definition for definition in await self._repository.load_segments()}
+                if changed_version
+                else {}
+            )
+            # No await from here to the rotation: every evaluation before it used the old registry and is listed.
+            recent = self._evaluated_before | self._evaluated
+            self._evaluated_before, self._evaluated = self._evaluated, set()
+            if not changed_version:
+                return False
+            gone = [definition.name for definition in self.segments.definitions() if definition.name not in stored]
+            for name in gone:
+                self.segments.remove(name)
+            changed: list[str] = []
+            for name, definition in stored.items():
+                current = self.segments.get(name)
+                if current is not None and current.definition == definition:
+                    continue
+                try:
+                    self.segments.put(compile_segment(definition))
+                    changed.append(name)
+                except InvalidArgument as exc:  # e.g. put by a newer release that knows more traits
+                    _log.error("segment %s version %d cannot be loaded: %s", name, definition.version, exc)
+            self._segments_version = version
+            for name in gone:
+                await self._remove_members(name)
+
+            def evaluate(state: ProfileState, at: datetime) -> tuple[set[str], set[str]]:
+                entered: set[str] = set()
+                left = {name for name in gone if state.segments.pop(name, None) is not None}
+                for name in changed:
+                    came, went = self.segments.evaluate(state, at, only=name)
+                    entered |= came
+                    left |= went
+                return entered, left
+
+            if gone or changed:
+                ids = sorted(recent)
+                for start in range(0, len(ids), SEGMENT_PAGE):
+                    await self._reevaluate(ids[start : start + SEGMENT_PAGE], evaluate)
+            return True
 
     def list_segments(self) -> list[SegmentDefinition]:
         return self.segments.definitions()
@@ -499,6 +644,14 @@ class ProfileService:
         if len(members) > size:
             return members[:size], _encode_token(members[size - 1].customer_id)
         return members, ""
+
+
+class _NoProfile(Exception):
+    """Some customers to re-evaluate have no profile: their transaction is rolled back and they are left out."""
+
+    def __init__(self, customer_ids: set[str]) -> None:
+        super().__init__(f"{len(customer_ids)} customers have no profile")
+        self.customer_ids = customer_ids
 
 
 _FEATURES = frozenset(FEATURE_NAMES)

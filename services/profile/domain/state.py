@@ -15,6 +15,9 @@ arrival order:
   same reason opened at or before it; a resolution that closed nothing is remembered (the newest few per
   reason) so an older unresolved contact arriving after it is closed by it;
 - return times are kept for the last RECENT_RETURNS_WINDOW so `recent_returns` is computed at read time;
+- returned SKUs keep, per SKU, the newest return time (and the category a return line reported) for the last
+  RETURNED_ITEMS_WINDOW, at most RETURNED_ITEMS_LIMIT SKUs (the newest): the same whatever the arrival order,
+  because a SKU dropped for the limit is older than every kept one and only ever gets older;
 - purchases (time, amount) are kept for the last SPEND_WINDOWS[-1] days, so spend and orders over 30/90/365 days
   are summed at read time over a bounded list; likewise the last few view times feed purchase intent;
 - favourite categories, brands, sizes and colours and the preferred channel are counters (bounded to
@@ -55,6 +58,10 @@ from services.profile.domain.events import (
 )
 
 RECENT_RETURNS_WINDOW = timedelta(days=30)
+#: Returned SKUs are kept this long (a reader such as the decision narrows it with its own window) ...
+RETURNED_ITEMS_WINDOW = timedelta(days=90)
+#: ... and at most this many of them, the most recently returned.
+RETURNED_ITEMS_LIMIT = 20
 LAST_VIEWED_LIMIT = 10
 CART_LOG_LIMIT = 100
 #: A compacted cart keeps at most this many lines (the most recently touched): a real cart is far smaller, and the
@@ -95,6 +102,15 @@ class CartLine:
     sku: str
     quantity: int
     unit_price: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnedItem:
+    """The newest return of one SKU; `category` is "" when no return line of it reported one."""
+
+    sku: str
+    category: str
+    returned_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +176,8 @@ class Traits:
     ledger_refunds: float = 0.0
     write_offs: float = 0.0
     purchase_intent: float = 0.0
+    #: SKUs returned in the last RETURNED_ITEMS_WINDOW, newest first.
+    recently_returned: tuple[ReturnedItem, ...] = ()
 
 
 def _share(part: float, whole: float) -> float:
@@ -215,6 +233,7 @@ class ProfileState:
     return_count: int = 0
     return_methods: dict[str, int] = field(default_factory=dict)
     return_times: list[datetime] = field(default_factory=list)
+    returned_items: dict[str, ReturnedItem] = field(default_factory=dict)  # SKU -> its newest return
     # loyalty
     loyalty_tier: int = 0
     loyalty_tier_at: datetime | None = None
@@ -364,6 +383,26 @@ class ProfileState:
             insort(self.return_times, at)
         # Times before the window can never count again: time only moves forward.
         del self.return_times[: bisect_left(self.return_times, horizon)]
+        self._returned_items(product_return, at, now)
+
+    def _returned_items(self, product_return: ProductReturn, at: datetime, now: datetime) -> None:
+        horizon = now - RETURNED_ITEMS_WINDOW
+        items = self.returned_items
+        if at >= horizon:
+            for line in product_return.lines:
+                kept = items.get(line.sku)
+                if kept is None or at > kept.returned_at or (at == kept.returned_at and not kept.category):
+                    # A newer return replaces the entry; a category stays known once a line reported it.
+                    category = line.category or (kept.category if kept is not None else "")
+                    items[line.sku] = ReturnedItem(line.sku, category, at)
+                elif not kept.category and line.category:
+                    items[line.sku] = ReturnedItem(line.sku, line.category, kept.returned_at)
+        expired = [sku for sku, item in items.items() if item.returned_at < horizon]
+        for sku in expired:
+            del items[sku]
+        if len(items) > RETURNED_ITEMS_LIMIT:
+            newest = sorted(items.values(), key=lambda item: (item.returned_at, item.sku))[-RETURNED_ITEMS_LIMIT:]
+            self.returned_items = {item.sku: item for item in newest}
 
     def _cart_change(self, change: CartChange, at: datetime) -> None:
         if change.action == "clear":
@@ -500,6 +539,12 @@ class ProfileState:
             ledger_refunds=self.ledger_refunds,
             write_offs=self.write_offs,
             purchase_intent=self.purchase_intent(now),
+            recently_returned=tuple(
+                sorted(
+                    (item for item in self.returned_items.values() if item.returned_at >= now - RETURNED_ITEMS_WINDOW),
+                    key=lambda item: (-item.returned_at.timestamp(), item.sku),  # newest first, then by SKU
+                )
+            ),
         )
 
     def purchase_intent(self, now: datetime) -> float:
@@ -575,6 +620,10 @@ class ProfileState:
             ("write_offs", self.write_offs),
             ("segments", self.segments),
             (
+                "returned_items",
+                [[item.sku, item.category, item.returned_at] for item in self.returned_items.values()],
+            ),
+            (
                 "model_traits",
                 {
                     use_case: [trait.value, trait.model_name, trait.model_version, trait.scored_at]
@@ -598,6 +647,7 @@ class ProfileState:
         return_times = get("return_times")
         segments = get("segments")
         model_traits = get("model_traits")
+        returned_items = get("returned_items")
         return cls(
             first_seen_at=_time(get("first_seen_at")),
             total_spend=get("total_spend", 0.0),
@@ -611,6 +661,11 @@ class ProfileState:
             return_count=get("return_count", 0),
             return_methods=get("return_methods") or {},
             return_times=[iso(v) for v in return_times] if return_times else [],
+            returned_items=(
+                {sku: ReturnedItem(sku, category, iso(at)) for sku, category, at in returned_items}
+                if returned_items
+                else {}
+            ),
             loyalty_tier=get("loyalty_tier", 0),
             loyalty_tier_at=_time(get("loyalty_tier_at")),
             loyalty_points=get("loyalty_points", 0),
