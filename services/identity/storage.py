@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
@@ -27,6 +28,7 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    bindparam,
     cast,
     delete,
     exists,
@@ -240,7 +242,7 @@ def _consent(row: Row[Any]) -> Consent:
     )
 
 
-def _current_consents_query(customer_id: str) -> Select:
+def _current_consents_query(customer_id: Any) -> Select:
     """The customer row outer-joined to its latest consent per (purpose, channel): no row means no customer."""
     position = func.row_number().over(
         partition_by=(consents.c.purpose, consents.c.channel),
@@ -264,6 +266,24 @@ def _current_consents_query(customer_id: str) -> Select:
         select(customers.c.id, *(column for column in latest.c if column.name != "position"))
         .select_from(customers.outerjoin(latest, latest.c.position == 1))
         .where(customers.c.id == customer_id, customers.c.forgotten_at.is_(None))
+    )
+
+
+#: Built once: building and hashing this statement per call cost ≈ 0.5 ms of CPU, more than running it.
+CURRENT_CONSENTS = _current_consents_query(bindparam("customer_id"))
+
+
+@lru_cache(maxsize=32)
+def _owners_query(count: int) -> Select:
+    """The owners of `count` identifiers (params t0, v0, t1, v1, ...), built once per count. One statement over the
+    (type, value) primary key: an OR of equalities, not a row-value IN (SQLite scans the whole table for that)."""
+    return select(identifiers.c.type, identifiers.c.value, identifiers.c.customer_id).where(
+        or_(
+            *(
+                and_(identifiers.c.type == bindparam(f"t{i}"), identifiers.c.value == bindparam(f"v{i}"))
+                for i in range(count)
+            )
+        )
     )
 
 
@@ -635,12 +655,10 @@ class SqlIdentityRepository:
 
     @staticmethod
     async def _owners(connection: AsyncConnection, wanted: Sequence[Identifier]) -> dict[Identifier, str]:
-        # One statement over the (type, value) primary key, however many identifiers the touchpoint sent. An OR
-        # of equalities, not a row-value IN: SQLite scans the whole table for the latter.
-        query = select(identifiers.c.type, identifiers.c.value, identifiers.c.customer_id).where(
-            or_(*(and_(identifiers.c.type == i.kind.value, identifiers.c.value == i.value) for i in wanted))
-        )
-        rows = await connection.execute(query)
+        params = {}
+        for index, identifier in enumerate(wanted):
+            params[f"t{index}"], params[f"v{index}"] = identifier.kind.value, identifier.value
+        rows = await connection.execute(_owners_query(len(wanted)), params)
         return {Identifier(IdentifierKind(row.type), row.value): row.customer_id for row in rows}
 
     async def _insert_unowned(
@@ -666,7 +684,7 @@ class SqlIdentityRepository:
 
     @staticmethod
     async def _current_consents(connection: AsyncConnection, customer_id: str) -> list[Consent] | None:
-        rows = (await connection.execute(_current_consents_query(customer_id))).all()
+        rows = (await connection.execute(CURRENT_CONSENTS, {"customer_id": customer_id})).all()
         if not rows:
             return None
         return [_consent(row) for row in rows if row.purpose is not None]

@@ -37,6 +37,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     delete,
     or_,
     select,
@@ -339,6 +340,19 @@ class SqlIngestTransaction:
         )
 
 
+#: Built once (building and hashing a statement per call cost more CPU than running it): the erased among
+#: customers, the survivors of merged ones, a customer's state row.
+ERASED = select(profile_erasures.c.customer_id).where(
+    profile_erasures.c.customer_id.in_(bindparam("ids", expanding=True))
+)
+SURVIVORS = select(profile_aliases.c.merged_id, profile_aliases.c.survivor_id).where(
+    profile_aliases.c.merged_id.in_(bindparam("ids", expanding=True))
+)
+STATE_ROW = select(profile_states.c.state, profile_states.c.updated_at).where(
+    profile_states.c.customer_id == bindparam("customer_id")
+)
+
+
 async def _group(connection: AsyncConnection, root: str) -> list[str]:
     """`root` and every customer merged into it, transitively (one query per level; one when none)."""
     members = [root]
@@ -355,10 +369,7 @@ async def _group(connection: AsyncConnection, root: str) -> list[str]:
 async def _erased(connection: AsyncConnection, customer_ids: Sequence[str]) -> set[str]:
     if not customer_ids:
         return set()
-    found = await connection.scalars(
-        select(profile_erasures.c.customer_id).where(profile_erasures.c.customer_id.in_(customer_ids))
-    )
-    return set(found)
+    return set(await connection.scalars(ERASED, {"ids": list(customer_ids)}))
 
 
 async def _roots(connection: AsyncConnection, customer_ids: Sequence[str]) -> dict[str, str]:
@@ -367,15 +378,7 @@ async def _roots(connection: AsyncConnection, customer_ids: Sequence[str]) -> di
     survivors: dict[str, str] = {}
     asked = list(customer_ids)
     while asked:
-        found = dict(
-            (
-                await connection.execute(
-                    select(profile_aliases.c.merged_id, profile_aliases.c.survivor_id).where(
-                        profile_aliases.c.merged_id.in_(asked)
-                    )
-                )
-            ).all()
-        )
+        found = dict((await connection.execute(SURVIVORS, {"ids": asked})).all())
         survivors.update(found)
         asked = [survivor for survivor in set(found.values()) if survivor not in survivors]
     roots: dict[str, str] = {}
@@ -391,14 +394,13 @@ async def _roots(connection: AsyncConnection, customer_ids: Sequence[str]) -> di
 
 async def _state_row(connection: AsyncConnection, customer_id: str) -> tuple[str, Any] | None:
     """The customer's state row, or that of the customer it was merged into: (whose, row)."""
-    query = select(profile_states.c.state, profile_states.c.updated_at)
-    row = (await connection.execute(query.where(profile_states.c.customer_id == customer_id))).first()
+    row = (await connection.execute(STATE_ROW, {"customer_id": customer_id})).first()
     if row is not None:
         return customer_id, row
     owner = (await _roots(connection, [customer_id])).get(customer_id)
     if owner is None:
         return None
-    row = (await connection.execute(query.where(profile_states.c.customer_id == owner))).first()
+    row = (await connection.execute(STATE_ROW, {"customer_id": owner})).first()
     return (owner, row) if row is not None else None
 
 
