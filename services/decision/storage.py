@@ -140,6 +140,10 @@ CONTACT_HISTORY = (
     .limit(CONTACT_HISTORY_LIMIT)
 )
 
+DECISION_FOR_OUTCOME = select(decisions.c.customer_id, decisions.c.channel, decisions.c.offers).where(
+    decisions.c.decision_id == bindparam("decision_id")
+)
+
 
 class _OverBudget(Exception):
     """Rolls the outcome's transaction back: accepting it would exceed the offer's budget."""
@@ -151,6 +155,11 @@ class DecisionRepository:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._insert = insert_for(engine)
+        self._insert_outcome = (
+            self._insert(outcomes)
+            .on_conflict_do_nothing(index_elements=[outcomes.c.outcome_id])
+            .returning(outcomes.c.outcome_id)
+        )
         self._waiting: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -179,28 +188,16 @@ class DecisionRepository:
 
     async def decision_for_outcome(self, decision_id: str) -> tuple[str, str, list[str]] | None:
         """(customer id, channel, ids of the offers the decision returned), or None when there is no such decision."""
-        async with translate_errors("decision log"), self.engine.connect() as conn:
-            found = (
-                await conn.execute(
-                    select(decisions.c.customer_id, decisions.c.channel, decisions.c.offers).where(
-                        decisions.c.decision_id == decision_id
-                    )
-                )
-            ).first()
+        async with translate_errors("decision log"), reader(self.engine).connect() as conn:
+            found = (await conn.execute(DECISION_FOR_OUTCOME, {"decision_id": decision_id})).first()
         if found is None:
             return None
         return found.customer_id, found.channel, [offer["offer_id"] for offer in found.offers]
 
     async def insert_outcome(self, row: Mapping[str, Any]) -> bool:
         """Insert unless the outcome id is already recorded; True when this call inserted it."""
-        statement = (
-            self._insert(outcomes)
-            .values(**row)
-            .on_conflict_do_nothing(index_elements=[outcomes.c.outcome_id])
-            .returning(outcomes.c.outcome_id)
-        )
         async with translate_errors("outcome"), self.engine.begin() as conn:
-            return (await conn.execute(statement)).first() is not None
+            return (await conn.execute(self._insert_outcome, dict(row))).first() is not None
 
     async def insert_outcome_within_budget(
         self, row: Mapping[str, Any], max_accepts: int | None, max_spend: float | None
