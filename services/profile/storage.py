@@ -157,12 +157,45 @@ class StateCache:
             self._states.popitem(last=False)
 
 
+class _IngestStatements:
+    """The statements every ingest chunk runs, built once per engine (building and hashing them per chunk cost
+    ≈ 0.8 ms of CPU)."""
+
+    def __init__(self, insert: Callable[[Table], Any]) -> None:
+        self.add_events = (
+            insert(profile_events).on_conflict_do_nothing(index_elements=["event_id"]).returning(profile_events.c.event_id)
+        )
+        # Creates empty rows for new customers; the no-op update row-locks existing ones until commit.
+        self.lock_states = (
+            insert(profile_states)
+            .on_conflict_do_update(index_elements=["customer_id"], set_={"version": profile_states.c.version})
+            .returning(profile_states.c.customer_id, profile_states.c.version)
+        )
+        save = insert(profile_states)
+        self.save_states = save.on_conflict_do_update(
+            index_elements=["customer_id"],
+            set_={
+                "state": save.excluded.state,
+                "first_seen_at": save.excluded.first_seen_at,
+                "updated_at": save.excluded.updated_at,
+                "version": profile_states.c.version + 1,
+            },
+        ).returning(profile_states.c.customer_id)  # RETURNING makes SQLAlchemy send one multi-row statement
+
+
 class SqlIngestTransaction:
     """The batch-applying steps on one open transaction (see the module docstring for the locking order)."""
 
-    def __init__(self, connection: AsyncConnection, insert: Callable[[Table], Any], cache: StateCache) -> None:
+    def __init__(
+        self,
+        connection: AsyncConnection,
+        insert: Callable[[Table], Any],
+        cache: StateCache,
+        statements: _IngestStatements,
+    ) -> None:
         self._connection = connection
         self._insert = insert
+        self._statements = statements
         self._cache = cache
         self._locked: dict[str, int] = {}  # customer -> row version under this transaction's lock
         #: What this transaction wrote: customer -> (new row version, state); cached once it commits.
@@ -183,12 +216,7 @@ class SqlIngestTransaction:
             }
             for record in sorted(records, key=lambda record: record.event.event_id)
         ]
-        statement = (
-            self._insert(profile_events)
-            .on_conflict_do_nothing(index_elements=["event_id"])
-            .returning(profile_events.c.event_id)
-        )
-        result = await self._connection.execute(statement, rows)
+        result = await self._connection.execute(self._statements.add_events, rows)
         return set(result.scalars())
 
     async def lock_states(self, customer_ids: Sequence[str], now: datetime) -> dict[str, ProfileState]:
@@ -196,13 +224,11 @@ class SqlIngestTransaction:
             {"customer_id": customer_id, "state": {}, "first_seen_at": now, "updated_at": now, "version": 0}
             for customer_id in customer_ids
         ]
-        statement = self._insert(profile_states)
-        # Creates empty rows for new customers; the no-op update row-locks existing ones until commit. Rows are
-        # taken in the order given (sorted), and the old state comes back in the same round trip.
-        statement = statement.on_conflict_do_update(
-            index_elements=["customer_id"], set_={"version": profile_states.c.version}
-        ).returning(profile_states.c.customer_id, profile_states.c.version)
-        locked = {customer_id: version for customer_id, version in await self._connection.execute(statement, rows)}
+        # Rows are taken in the order given (sorted), and the old version comes back in the same round trip.
+        locked = {
+            customer_id: version
+            for customer_id, version in await self._connection.execute(self._statements.lock_states, rows)
+        }
         self._locked.update(locked)
         states: dict[str, ProfileState] = {}
         stale: list[str] = []
@@ -234,17 +260,7 @@ class SqlIngestTransaction:
             }
             for customer_id, state in states.items()
         ]
-        statement = self._insert(profile_states)
-        statement = statement.on_conflict_do_update(
-            index_elements=["customer_id"],
-            set_={
-                "state": statement.excluded.state,
-                "first_seen_at": statement.excluded.first_seen_at,
-                "updated_at": statement.excluded.updated_at,
-                "version": profile_states.c.version + 1,
-            },
-        ).returning(profile_states.c.customer_id)  # RETURNING makes SQLAlchemy send one multi-row statement
-        await self._connection.execute(statement, rows)
+        await self._connection.execute(self._statements.save_states, rows)
         self.saved.update(
             (customer_id, (self._locked.get(customer_id, 0) + 1, state)) for customer_id, state in states.items()
         )
@@ -411,12 +427,13 @@ class SqlProfileRepository:
         self._engine = engine
         self._reader = reader(engine)  # reads need no transaction: no BEGIN/ROLLBACK round trips on PostgreSQL
         self._insert = insert_for(engine)
+        self._ingest_statements = _IngestStatements(self._insert)
         self._states = StateCache(cached_states)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqlIngestTransaction]:
         async with translate_errors("ingest events"), self._engine.begin() as connection:
-            tx = SqlIngestTransaction(connection, self._insert, self._states)
+            tx = SqlIngestTransaction(connection, self._insert, self._states, self._ingest_statements)
             yield tx
         self._states.keep(tx.saved)  # committed (an exception skips this: what the batch touched is not reused)
 
