@@ -159,6 +159,7 @@ async def cmd_decide(args: argparse.Namespace) -> int:
         sku=args.sku or "",
         store_id=args.store or "",
         call_reason=args.call_reason or "",
+        placement=args.placement or "",
         cart=[_cart_line(line) for line in args.cart],
     )
     if args.dwell:
@@ -391,6 +392,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dwell", type=float, help="web: seconds on the product")
     p.add_argument("--store", help="POS: the store id")
     p.add_argument("--call-reason", help="call centre: why the customer calls")
+    p.add_argument("--placement", help="the slot the offers fill (e.g. cart, checkout, till): offers listing placements only show there")
     p.add_argument("--cart", action="append", default=[], metavar="SKU:QTY:PRICE", help="a cart line (repeatable)")
     p.add_argument("--max-offers", type=int, default=0)
     p.set_defaults(func=cmd_decide)

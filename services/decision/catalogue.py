@@ -7,6 +7,7 @@ field, e.g. `offers[3].type: unknown offer type 'coupon'`.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +18,8 @@ from services.decision.domain.rules import STAGES, Rule, RuleError, compile_rule
 
 OFFER_TYPES = ("discount", "free_shipping", "loyalty_perk", "pre_order", "cross_sell", "service_action")
 CHANNELS = ("web", "pos", "call_center")
+#: A placement (the slot an offer fills, e.g. "cart", "till"): also what a request may name.
+PLACEMENT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 TIERS = ("none", "bronze", "silver", "gold", "platinum")
 #: The files of a catalogue folder.
 CATALOGUE_FILES = ("offers.json", "products.json")
@@ -107,6 +110,8 @@ class Offer:
     rules: tuple[Rule, ...] = ()
     #: Whether the offer may be shown next to another offer of the same type (diversity).
     allow_same_type: bool = False
+    #: Slots the offer may fill ("cart", "checkout", "till", ...); empty: any placement of its channels.
+    placements: frozenset[str] = frozenset()
     contact: ContactPolicy | None = None
     budget: BudgetCap | None = None
     scarcity: Scarcity | None = None
@@ -162,6 +167,15 @@ def _parse_time(value: object, where: str) -> datetime | None:
     return parsed
 
 
+def _parse_placements(value: object, where: str) -> frozenset[str]:
+    if not isinstance(value, list):
+        raise CatalogueError(f"{where}: expected a list of placement names")
+    for i, name in enumerate(value):
+        if not isinstance(name, str) or not PLACEMENT_NAME.fullmatch(name):
+            raise CatalogueError(f"{where}[{i}]: a placement is lower-case letters, digits, '_' or '-', got {name!r}")
+    return frozenset(value)
+
+
 def parse_offer(entry: object, where: str) -> Offer:
     if not isinstance(entry, dict):
         raise CatalogueError(f"{where}: expected an object")
@@ -207,6 +221,7 @@ def parse_offer(entry: object, where: str) -> Offer:
         script=str(entry.get("script", "")),
         rules=_parse_rules(entry.get("rules", []), where, offer_id),
         allow_same_type=_flag(entry, "allow_same_type", where),
+        placements=_parse_placements(entry.get("placements", []), f"{where}.placements"),
         contact=_parse_contact(entry.get("contact_policy"), f"{where}.contact_policy"),
         budget=_parse_budget(entry.get("budget"), f"{where}.budget"),
         scarcity=_parse_scarcity(entry.get("scarcity"), f"{where}.scarcity"),

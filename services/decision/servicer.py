@@ -53,6 +53,7 @@ def decision_context(ctx: pb.DecisionContext) -> Context:
         cart=tuple(CartLine(line.sku, line.quantity, line.unit_price) for line in ctx.cart),
         store_id=ctx.store_id,
         call_reason=ctx.call_reason,
+        placement=ctx.placement,
     )
 
 

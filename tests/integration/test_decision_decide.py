@@ -359,3 +359,22 @@ async def test_an_invalid_catalogue_fails_start_up_naming_the_entry(tmp_path, sq
         await app.on_start()
     assert "offers[0].type: unknown offer type 'coupon'" in str(stopped.value)
     await app.on_stop()
+
+
+async def test_offers_listing_placements_show_only_in_them_and_a_malformed_placement_is_rejected(
+    database_url, serve, tmp_path
+):
+    offers = [{**o, "placements": ["checkout"]} if o["id"] == "free-shipping" else o for o in OFFERS]
+    mesh = await start_mesh(serve, tmp_path, database_url, catalogue_dir=write_catalogue(tmp_path / "placed", offers))
+    at_checkout = await mesh.stub.Decide(
+        web_request(max_offers=10, context=pb.DecisionContext(placement="checkout")), timeout=5
+    )
+    on_home = await mesh.stub.Decide(web_request(max_offers=10, context=pb.DecisionContext(placement="home")), timeout=5)
+    assert "free-shipping" in {o.offer_id for o in at_checkout.offers}
+    assert "free-shipping" not in {o.offer_id for o in on_home.offers}
+    row = await mesh.repository.decision(on_home.decision_id)
+    removed = {e["offer_id"]: e.get("removed") for e in row["trace"]["considered"]}
+    assert removed["free-shipping"] == "placement"
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await mesh.stub.Decide(web_request(context=pb.DecisionContext(placement="Home Page")), timeout=5)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "context.placement" in error.value.details()

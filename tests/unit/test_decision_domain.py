@@ -99,6 +99,7 @@ def stock(*levels: tuple[str, str, int]) -> StockView:
         (DecideInput("web", CustomerRef("c-1"), Context(), max_offers=21), "max_offers"),
         (DecideInput("web", CustomerRef("c-1"), Context(), max_offers=-1), "max_offers"),
         (DecideInput("pos", CustomerRef("c-1"), Context()), "context.store_id"),
+        (DecideInput("web", CustomerRef("c-1"), Context(placement="Home Hero")), "context.placement"),
     ],
 )
 def test_decide_validation_names_the_field(request_, field):
@@ -171,6 +172,16 @@ def test_page_rule_applies_on_the_web_and_a_cart_satisfies_requires_cart():
     on_cart = screen(cat, "web", Context(page="cart", cart=(CartLine("SOCK-M-GRY", 1, 15.0),)), customer(), NOW)
     assert on_home.removed == {"cart-page": "page"}
     assert [o.id for o in on_cart.eligible] == ["cart-page"]
+
+
+def test_an_offer_listing_placements_shows_only_there_and_an_unplaced_request_sees_it():
+    cat = catalogue(offer("checkout-only", placements=["checkout", "cart"]), offer("anywhere"))
+    at_home = screen(cat, "web", Context(placement="home_hero"), customer(), NOW)
+    at_checkout = screen(cat, "web", Context(placement="checkout"), customer(), NOW)
+    unplaced = screen(cat, "web", Context(), customer(), NOW)
+    assert at_home.removed == {"checkout-only": "placement"} and [o.id for o in at_home.eligible] == ["anywhere"]
+    assert [o.id for o in at_checkout.eligible] == ["checkout-only", "anywhere"]
+    assert [o.id for o in unplaced.eligible] == ["checkout-only", "anywhere"]
 
 
 def test_marketing_offers_need_marketing_consent_for_the_request_channel():

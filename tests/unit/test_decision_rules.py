@@ -352,3 +352,22 @@ def test_exploration_probability_reaches_the_decided_offers_and_the_trace():
     entry = next(e for e in result.trace["considered"] if e.get("rank") == 1)
     assert entry["probability"] == pytest.approx(expected)
     assert result.trace["exploration"]["first_probability"] == pytest.approx({"a": 0.75, "b": 0.25})
+
+
+@pytest.mark.parametrize(
+    ("placements", "problem"),
+    [("cart", r"offers\[0\].placements: expected a list"), (["Cart"], r"offers\[0\].placements\[0\]: a placement")],
+)
+def test_placements_are_checked_on_load(placements, problem):
+    with pytest.raises(CatalogueError, match=problem):
+        catalogue(offer("x", placements=placements))
+
+
+def test_a_rule_can_read_the_request_placement():
+    cat = catalogue(
+        offer("x", rules=[{"id": "checkout", "stage": "applicability", "when": 'request.placement == "checkout"'}])
+    )
+    at_checkout = screen(cat, "web", Context(placement="checkout"), customer(), NOW)
+    in_cart = screen(cat, "web", Context(placement="cart"), customer(), NOW)
+    assert [o.id for o in at_checkout.eligible] == ["x"]
+    assert in_cart.removed == {"x": "rule:checkout"}

@@ -36,6 +36,8 @@ def ineligibility(
     """Why the offer may not be shown, or None when it may."""
     if channel not in offer.channels:
         return "channel"
+    if offer.placements and ctx.placement and ctx.placement not in offer.placements:
+        return "placement"
     if offer.valid_from is not None and now < offer.valid_from:
         return "not_yet_valid"
     if offer.valid_to is not None and now >= offer.valid_to:
@@ -102,6 +104,7 @@ def rule_facts(
         cart_categories=sorted({catalogue.products[pid].category for pid in in_cart}),
         store_id=ctx.store_id,
         call_reason=ctx.call_reason,
+        placement=ctx.placement,
         now=now,
         returned_skus=list(returned.skus),
         returned_products=sorted(returned.products),

@@ -36,6 +36,8 @@ class Context:
     cart: tuple[CartLine, ...] = ()
     store_id: str = ""
     call_reason: str = ""
+    #: The slot the offers will fill (empty: any); offers that list placements are eligible only there.
+    placement: str = ""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ Expressions see two variables, built once per decision (`facts`):
 | variable   | fields |
 |------------|--------|
 | `customer` | known, tier, tier_rank (0 none .. 4 platinum), total_spend, net_value, order_count, return_rate, recent_returns, full_price_share, shipping_paid_share, open_service_issues, cart_skus, preferred_sizes, preferred_colours, shipping_method, segments (list of facts below), features (the scored feature map; use `has(customer.features.x)`), returned_skus, returned_products, returned_categories (returned within the decision's `RETURNED_WITHIN_DAYS`, see domain/returns.py) |
-| `request`  | channel, page, sku, product_id, category (of the viewed SKU), dwell_seconds, cart_value, cart_items, cart_products, cart_categories, store_id, call_reason, hour (UTC 0-23), weekday (1 Monday .. 7 Sunday) |
+| `request`  | channel, page, sku, product_id, category (of the viewed SKU), dwell_seconds, cart_value, cart_items, cart_products, cart_categories, store_id, call_reason, placement, hour (UTC 0-23), weekday (1 Monday .. 7 Sunday) |
 
 Segment facts (`"loyal" in customer.segments`): `member` (any tier), `loyal` (gold or platinum), `high_value`
 (net value >= 1,000), `frequent_buyer` (>= 5 orders), `full_price_buyer` (>= 80% units at full price),
@@ -132,6 +132,7 @@ def facts(
     returned_skus: list[str] | None = None,
     returned_products: list[str] | None = None,
     returned_categories: list[str] | None = None,
+    placement: str = "",
 ) -> cel.Context:
     """One decision's CEL variables (built once, shared by every rule of every offer)."""
     prefs = traits.preferences
@@ -172,6 +173,7 @@ def facts(
                 "cart_categories": cart_categories,
                 "store_id": store_id,
                 "call_reason": call_reason,
+                "placement": placement,
                 "hour": now.hour,
                 "weekday": now.isoweekday(),
             },

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from libs.errors import InvalidArgument
-from services.decision.catalogue import CHANNELS
+from services.decision.catalogue import CHANNELS, PLACEMENT_NAME
 from services.decision.domain.model import OUTCOME_TYPES, CustomerRef, DecideInput, OutcomeInput
 from services.decision.domain.report import DIMENSIONS, MIN_BUCKET, ReportQuery
 
@@ -30,6 +30,9 @@ def validate_decide(request: DecideInput) -> None:
         raise InvalidArgument("max_offers", f"must be within [0, {MAX_OFFERS_LIMIT}]")
     if request.channel == "pos" and not request.context.store_id:
         raise InvalidArgument("context.store_id", "required for the POS channel")
+    placement = request.context.placement
+    if placement and not PLACEMENT_NAME.fullmatch(placement):
+        raise InvalidArgument("context.placement", "lower-case letters, digits, '_' or '-', at most 64 characters")
 
 
 def validate_outcome(outcome: OutcomeInput) -> None:
