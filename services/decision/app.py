@@ -1,7 +1,10 @@
-"""Wiring of the decision service: settings -> engine, repository, gateways, orchestrator, outbox, servicer."""
+"""Wiring of the decision service: settings -> engine, repository, gateways, orchestrator, outbox, lineage follower,
+servicer."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -9,6 +12,7 @@ from pathlib import Path
 from nextbest.decision.v1 import decision_service_pb2_grpc as pb_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from libs.cancellation import stop_task
 from libs.clients import peer_credentials
 from libs.db import create_engine, migrate
 from libs.metrics import meter
@@ -17,6 +21,7 @@ from services.decision.cache import ChangeSubscription
 from services.decision.catalogue import CatalogueError, load_catalogue
 from services.decision.catalogue_watch import CatalogueWatcher, signature
 from services.decision.domain.arbitration import ArbitrationPolicy
+from services.decision.domain.lineage import LineageFollower
 from services.decision.gateways import Gateways
 from services.decision.metrics import DecisionMetrics
 from services.decision.orchestrator import CustomerCaches, DecisionPolicy, DecisionService
@@ -27,6 +32,7 @@ from services.decision.stock import StockReader, stock_cache
 from services.decision.storage import DecisionRepository
 
 FULL_NAME = "nextbest.decision.v1.DecisionService"
+_log = logging.getLogger(__name__)
 
 
 async def migrate_schema(engine: AsyncEngine) -> None:
@@ -47,6 +53,11 @@ def strategy_b_policy(strategy_a: ArbitrationPolicy, overrides: StrategyOverride
     return replace(strategy_a, **changed, weights=replace(strategy_a.weights, **overrides.weights))
 
 
+def _report_stopped(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _log.error("the lineage follower stopped: erasures no longer reach the decision log", exc_info=task.exception())
+
+
 def build(settings: DecisionSettings) -> ServiceApp:
     engine = create_engine(settings.resolved_database_url, **settings.common.db_pool)
     repository = DecisionRepository(engine)
@@ -60,6 +71,8 @@ def build(settings: DecisionSettings) -> ServiceApp:
     forwarder = OutcomeForwarder(
         repository, gateways.profile, settings.outbox_batch_size, settings.outbox_interval_seconds
     )
+    lineage = LineageFollower(repository, gateways.identity, settings.lineage_poll_seconds)
+    lineage_task: list[asyncio.Task[None]] = []
     strategy_a = ArbitrationPolicy(
         long_dwell_seconds=settings.long_dwell_seconds,
         min_priority=settings.min_priority,
@@ -136,12 +149,16 @@ def build(settings: DecisionSettings) -> ServiceApp:
         for subscription in subscriptions:
             subscription.start()
         forwarder.start()
+        if settings.lineage_poll_seconds:  # erasures reach the log in the background; serving never waits for it
+            lineage_task.append(asyncio.create_task(lineage.run(), name="decision-lineage-follower"))
+            lineage_task[0].add_done_callback(_report_stopped)
         if settings.catalogue_poll_seconds:
             watcher.start(loaded)
 
     async def on_stop() -> None:
         await watcher.stop()
         await forwarder.stop()
+        await stop_task(lineage_task.pop() if lineage_task else None)
         for subscription in subscriptions:
             await subscription.stop()
         await gateways.close()
@@ -158,6 +175,7 @@ def build(settings: DecisionSettings) -> ServiceApp:
             "service": service,
             "gateways": gateways,
             "forwarder": forwarder,
+            "lineage": lineage,
             "catalogue_watcher": watcher,
             "caches": caches,
             "subscriptions": subscriptions,

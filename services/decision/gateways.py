@@ -1,8 +1,9 @@
 """Adapters to the four services the decision calls, through their contracts only.
 
 Each gateway owns one long-lived channel (opened on start, closed on stop), turns protobuf into the decision's
-domain types and every failed call into a `DependencyError` whose `reason` is the degraded reason code. The one
-exception is a client's bad identifier: identity's INVALID_ARGUMENT is passed through to the client.
+domain types and every failed call into a `DependencyError` whose `reason` is the degraded reason code. The
+exceptions: a client's bad identifier (identity's INVALID_ARGUMENT is passed through to the client), and the
+lineage journal, read in the background and answered to nobody (`Unavailable`, retried).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from nextbest.scoring.v1 import scoring_service_pb2 as scoring_pb
 from nextbest.scoring.v1 import scoring_service_pb2_grpc as scoring_grpc
 
 from libs.clients import PeerCredentials, open_channel
-from libs.errors import InvalidArgument
+from libs.errors import InvalidArgument, Unavailable
+from libs.lineage import LineageEntry, entries_from
 from libs.protoconv import from_timestamp, to_timestamp
 from services.decision.convert import (
     CHANNEL_NAMES,
@@ -78,7 +80,7 @@ class _Gateway:
 
 class IdentityGateway(_Gateway):
     full_name = "nextbest.identity.v1.IdentityService"
-    idempotent = ("Resolve", "GetConsent")
+    idempotent = ("Resolve", "GetConsent", "ListLineage")
 
     def _bind(self, channel: grpc.aio.Channel) -> None:
         self._stub = identity_grpc.IdentityServiceStub(channel)
@@ -124,6 +126,16 @@ class IdentityGateway(_Gateway):
         """Ids of customers whose identifiers or consent changed; `[]` first, once subscribed."""
         async for message in self._stub.WatchChanges(identity_pb.WatchChangesRequest()):
             yield list(message.customer_ids)
+
+    async def list_lineage(self, after_seq: int, limit: int, timeout: float) -> list[LineageEntry]:
+        """The lineage journal after `after_seq` (the lineage follower's source). Background work, not an answer
+        to degrade: a failure is `Unavailable`, retried on the follower's next round."""
+        request = identity_pb.ListLineageRequest(after_seq=after_seq, limit=limit)
+        try:
+            reply = await self._stub.ListLineage(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise Unavailable(f"identity service could not list lineage: {exc.code().name}") from exc
+        return entries_from(reply.entries, "decision")
 
 
 class ProfileGateway(_Gateway):

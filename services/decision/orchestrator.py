@@ -35,6 +35,7 @@ from services.decision.domain.eligibility import screen, without
 from services.decision.domain.experience import DEFAULT_BUY_NOW_HOLD
 from services.decision.domain.experiment import TREATMENT, TREATMENT_B, arm_of, strategy_arm
 from services.decision.domain.explain import Explanation, explanation
+from services.decision.domain.lineage import ERASED_NOTE, is_pseudonym
 from services.decision.domain.model import (
     ANONYMOUS,
     CallDecision,
@@ -291,6 +292,11 @@ class DecisionService:
         if outcome.offer_id not in offer_ids:
             raise InvalidArgument("offer_id", f"decision {outcome.decision_id} did not return offer {outcome.offer_id}")
         now = utcnow()
+        # An anonymous visitor has no profile to update, nor has a customer since erased (recorded under the
+        # pseudonym, so reports still count it): nothing to forward.
+        unforwarded = (
+            "anonymous: no profile to update" if not customer_id else ERASED_NOTE if is_pseudonym(customer_id) else None
+        )
         row = {
                 "outcome_id": outcome.outcome_id,
                 "decision_id": outcome.decision_id,
@@ -300,9 +306,8 @@ class DecisionService:
                 "recorded_at": now,
                 "revenue": outcome.revenue,
                 "customer_id": customer_id,
-                # An anonymous visitor has no profile to update: nothing to forward.
-                "forwarded_at": None if customer_id else now,
-                "forward_note": None if customer_id else "anonymous: no profile to update",
+                "forwarded_at": now if unforwarded else None,
+                "forward_note": unforwarded,
             }
         offer = self.catalogue.offer(outcome.offer_id)
         budget = offer.budget if offer is not None else None
@@ -320,7 +325,7 @@ class DecisionService:
             inserted = await self.repository.insert_outcome(row)
         if inserted:
             self.metrics.outcome(outcome.offer_id, channel, outcome.type)
-        if inserted and customer_id:
+        if inserted and not unforwarded:
             self._on_new_outcome()
         return not inserted
 

@@ -3,6 +3,7 @@
 RecordOutcome only inserts the outcome (forwarded_at NULL) and wakes the task; the task sends pending rows in
 batches and marks them forwarded. A failed send is retried on the next round; since the profile applies each
 event id ("outcome:<outcome_id>") once, a resend after a lost reply has no second effect: exactly once.
+Outcomes of an erased customer (a pseudonym, see `domain.lineage`) are settled with a note and never sent.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 from libs.cancellation import stop_task
 from libs.errors import Unavailable
 from libs.protoconv import utcnow
+from services.decision.domain.lineage import ERASED_NOTE, is_pseudonym
 from services.decision.gateways import DependencyError, ProfileGateway
 from services.decision.storage import DecisionRepository
 
@@ -56,11 +58,14 @@ class OutcomeForwarder:
         pending = await self.repository.pending_outcomes(self.batch_size)
         if not pending:
             return 0
-        rejected = await self.profile.ingest_outcomes(pending, SEND_TIMEOUT_SECONDS)
+        # An outcome pseudonymised by an erasure while it waited has nobody to update: settled, never sent.
+        notes = {p.outcome_id: ERASED_NOTE for p in pending if is_pseudonym(p.customer_id)}
+        sending = [p for p in pending if p.outcome_id not in notes]
+        rejected = await self.profile.ingest_outcomes(sending, SEND_TIMEOUT_SECONDS) if sending else {}
         # A rejected event is malformed for good: settle it with the reason instead of retrying it forever.
-        notes = {pending[index].outcome_id: f"rejected by profile: {why}" for index, why in rejected.items()}
-        for outcome_id, note in notes.items():
-            log.warning("outcome %s not forwarded: %s", outcome_id, note)
+        for index, why in rejected.items():
+            note = notes[sending[index].outcome_id] = f"rejected by profile: {why}"
+            log.warning("outcome %s not forwarded: %s", sending[index].outcome_id, note)
         await self.repository.mark_forwarded([p.outcome_id for p in pending], utcnow(), notes)
         return len(pending)
 

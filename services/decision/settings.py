@@ -175,6 +175,12 @@ class DecisionSettings(ServiceSettings):
     outbox_interval_seconds: float = Field(
         1.0, gt=0, description="How often pending outcomes are forwarded (and retried after a failure)."
     )
+    lineage_poll_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="How often identity's lineage journal (merges, unmerges, erasures) is read; a Forget pseudonymises "
+        "the customer's decisions and outcomes (and those of customers merged into it); 0 turns following off.",
+    )
 
     @property
     def resolved_catalogue_dir(self) -> Path:

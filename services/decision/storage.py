@@ -2,18 +2,22 @@
 
 Every decision is one INSERT; an outcome is one INSERT … ON CONFLICT DO NOTHING keyed by its outcome id, which
 makes RecordOutcome idempotent even for concurrent duplicates. Outcomes with `forwarded_at` NULL are the outbox.
+The lineage tables (aliases of merged customers, the journal cursor) serve identity's erasures: see
+`domain/lineage.py` and `SqlLineageTransaction`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -30,19 +34,22 @@ from sqlalchemy import (
     case,
     cast,
     column,
+    delete,
     distinct,
     func,
     literal,
+    or_,
     select,
     true,
     update,
 )
 from sqlalchemy.engine import Row
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from libs.cancellation import uncancelled
 from libs.db import as_utc, insert_for, reader, translate_errors
 from services.decision.domain.experiment import CONTROL, TREATMENT
+from services.decision.domain.lineage import LoggedDecision, LoggedOutcome
 from services.decision.domain.model import PendingOutcome
 from services.decision.domain.report import ACCEPTED_OUTCOMES, LATENCY_BOUNDS_MS, ArmTotals, GroupTotals, ReportQuery
 
@@ -105,6 +112,29 @@ budgets = Table(
     Column("spend", Float, nullable=False),
 )
 
+#: Identity merges as the decision follows them (migration 0005): forgetting the survivor reaches these customers.
+aliases = Table(
+    "decision_aliases",
+    metadata,
+    Column("merged_id", String(128), primary_key=True),  # identity merges a customer into one survivor at a time
+    Column("survivor_id", String(128), nullable=False),
+    Column("merge_id", String(64), nullable=False, unique=True),
+    Column("merged_at", DateTime(timezone=True), nullable=False),
+    Index("ix_decision_aliases_survivor_id", "survivor_id"),
+)
+
+#: The seq of the last entry of identity's lineage journal applied here (one row, moved with each entry; 0005).
+lineage_cursor = Table(
+    "decision_lineage_cursor",
+    metadata,
+    Column("source", String(32), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+)
+LINEAGE_SOURCE = "identity"
+#: Ids per IN list of the erasure's statements (well under the drivers' bind-parameter limits).
+IN_CHUNK = 500
+
+
 @dataclass(frozen=True)
 class ContactRow:
     """One past decision of the customer joined to one of its outcomes (the outcome fields are None if none)."""
@@ -147,6 +177,101 @@ DECISION_FOR_OUTCOME = select(decisions.c.customer_id, decisions.c.channel, deci
 
 class _OverBudget(Exception):
     """Rolls the outcome's transaction back: accepting it would exceed the offer's budget."""
+
+
+class SqlLineageTransaction:
+    """The storage steps of applying one lineage entry (`domain.lineage`), on one open transaction. Its first
+    statement moves the cursor row, which serialises followers (and takes SQLite's write lock at once)."""
+
+    def __init__(self, connection: AsyncConnection, insert: Any) -> None:
+        self._connection = connection
+        self._insert = insert
+
+    async def advance_cursor(self, from_seq: int, to_seq: int) -> bool:
+        result = await self._connection.execute(
+            update(lineage_cursor)
+            .where(lineage_cursor.c.source == LINEAGE_SOURCE, lineage_cursor.c.seq == from_seq)
+            .values(seq=to_seq)
+        )
+        return result.rowcount == 1
+
+    async def add_alias(self, merged_id: str, survivor_id: str, merge_id: str) -> None:
+        values = {"survivor_id": survivor_id, "merge_id": merge_id, "merged_at": datetime.now(UTC)}
+        await self._connection.execute(  # a customer unmerged and merged again replaces its old alias
+            self._insert(aliases)
+            .values(merged_id=merged_id, **values)
+            .on_conflict_do_update(index_elements=[aliases.c.merged_id], set_=values)
+        )
+
+    async def remove_alias(self, merge_id: str) -> bool:
+        result = await self._connection.execute(delete(aliases).where(aliases.c.merge_id == merge_id))
+        return result.rowcount > 0
+
+    async def group(self, root: str) -> list[str]:
+        members, frontier = [root], [root]
+        while frontier:  # one query per level of merges; one when none
+            found = await self._connection.scalars(
+                select(aliases.c.merged_id).where(aliases.c.survivor_id.in_(frontier))
+            )
+            frontier = [customer_id for customer_id in found if customer_id not in members]
+            members.extend(frontier)
+        return members
+
+    async def logged(
+        self, customer_ids: Sequence[str], decision_ids: Sequence[str]
+    ) -> tuple[list[LoggedDecision], list[LoggedOutcome]]:
+        found: list[LoggedDecision] = []
+        for chunk in _chunks(customer_ids):  # on the (customer_id, created_at) index
+            rows = await self._connection.execute(
+                select(decisions.c.decision_id, decisions.c.customer_id, decisions.c.request).where(
+                    decisions.c.customer_id.in_(chunk)
+                )
+            )
+            found.extend(LoggedDecision(r.decision_id, r.customer_id, r.request) for r in rows)
+        erased = set(customer_ids)
+        logged_outcomes: list[LoggedOutcome] = []
+        for chunk in _chunks(sorted({*(d.decision_id for d in found), *decision_ids})):  # on the decision_id index
+            rows = await self._connection.execute(
+                select(outcomes.c.outcome_id, outcomes.c.customer_id).where(outcomes.c.decision_id.in_(chunk))
+            )
+            logged_outcomes.extend(LoggedOutcome(r.outcome_id, r.customer_id) for r in rows if r.customer_id in erased)
+        return found, logged_outcomes
+
+    async def rewrite(self, rewritten: Sequence[LoggedDecision], renamed: Sequence[LoggedOutcome]) -> None:
+        if rewritten:
+            await self._connection.execute(
+                REWRITE_DECISION,
+                [
+                    {"b_id": d.decision_id, "b_customer_id": d.customer_id, "b_request": dict(d.request)}
+                    for d in rewritten
+                ],
+            )
+        if renamed:
+            await self._connection.execute(
+                RENAME_OUTCOME, [{"b_id": o.outcome_id, "b_customer_id": o.customer_id} for o in renamed]
+            )
+
+    async def drop_aliases(self, customer_ids: Sequence[str]) -> None:
+        for chunk in _chunks(customer_ids):
+            await self._connection.execute(
+                delete(aliases).where(or_(aliases.c.merged_id.in_(chunk), aliases.c.survivor_id.in_(chunk)))
+            )
+
+
+#: Executed once per batch of rows (executemany): an erasure writes each affected row back under its pseudonym.
+REWRITE_DECISION = (
+    update(decisions)
+    .where(decisions.c.decision_id == bindparam("b_id"))
+    .values(customer_id=bindparam("b_customer_id"), request=bindparam("b_request", type_=decisions.c.request.type))
+)
+RENAME_OUTCOME = (
+    update(outcomes).where(outcomes.c.outcome_id == bindparam("b_id")).values(customer_id=bindparam("b_customer_id"))
+)
+
+
+def _chunks(ids: Sequence[str]) -> list[list[str]]:
+    ids = list(ids)
+    return [ids[start : start + IN_CHUNK] for start in range(0, len(ids), IN_CHUNK)]
 
 
 class DecisionRepository:
@@ -329,6 +454,18 @@ class DecisionRepository:
                     .where(outcomes.c.outcome_id == outcome_id)
                     .values(forwarded_at=at, forward_note=note)
                 )
+
+    @asynccontextmanager
+    async def lineage_transaction(self) -> AsyncIterator[SqlLineageTransaction]:
+        """One transaction applying one lineage entry (committed when the block ends, rolled back if it raises)."""
+        async with translate_errors("decision lineage"), self.engine.begin() as connection:
+            yield SqlLineageTransaction(connection, self._insert)
+
+    async def lineage_cursor(self) -> int:
+        """The seq of the last lineage journal entry applied (0: none)."""
+        async with translate_errors("decision lineage"), reader(self.engine).connect() as connection:
+            seq = await connection.scalar(select(lineage_cursor.c.seq).where(lineage_cursor.c.source == LINEAGE_SOURCE))
+        return seq or 0
 
     async def outcome(self, outcome_id: str) -> dict[str, Any] | None:
         """One outcome row as stored (for tools and tests)."""

@@ -33,6 +33,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from libs.changefeed import ChangeFeed
 from libs.errors import InvalidArgument, NotFound, Unavailable
+from libs.lineage import LineageKind
 from libs.protoconv import utcnow
 from services.identity.matching.blocking import blocking_keys
 from services.identity.matching.matcher import FieldAgreement, ScoredCandidate, TraitMatcher
@@ -182,14 +183,6 @@ class ForgetOutcome:
     trait_records: int
     consents: int
     erased_at: datetime
-
-
-class LineageKind(StrEnum):
-    """What a lineage journal entry records."""
-
-    MERGE = "merge"
-    UNMERGE = "unmerge"
-    FORGET = "forget"
 
 
 @dataclass(frozen=True, slots=True)

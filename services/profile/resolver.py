@@ -16,15 +16,14 @@ from nextbest.identity.v1 import identity_service_pb2_grpc as identity_grpc
 
 from libs.clients import Budget, PeerCredentials, open_channel
 from libs.errors import InvalidArgument, Unavailable
+from libs.lineage import LineageEntry, entries_from
 from services.profile.domain import Identifier
-from services.profile.domain.lineage import LineageEntry, LineageKind
 
 IDENTITY_SERVICE = identity_pb.DESCRIPTOR.services_by_name["IdentityService"].full_name
 #: Time kept back from the caller's deadline for storing the batch after resolving.
 STORE_RESERVE_SECONDS = 0.05
 #: Deadline of one ListLineage page: a background read, so generous.
 LINEAGE_TIMEOUT_SECONDS = 5.0
-_LINEAGE_KINDS = {identity_pb.LineageKind.Value(f"LINEAGE_KIND_{kind.name}"): kind for kind in LineageKind}
 
 
 class IdentityClient:
@@ -60,20 +59,7 @@ class IdentityClient:
             response = await self._stub.ListLineage(request, timeout=LINEAGE_TIMEOUT_SECONDS)
         except grpc.aio.AioRpcError as exc:
             raise Unavailable(f"identity service could not list lineage: {exc.code().name}") from exc
-        unknown = [entry.seq for entry in response.entries if entry.kind not in _LINEAGE_KINDS]
-        if unknown:  # never skip an entry: stop at it until this service understands it
-            raise Unavailable(f"lineage entry {unknown[0]} has a kind this profile service does not know; upgrade it")
-        return [
-            LineageEntry(
-                seq=entry.seq,
-                kind=_LINEAGE_KINDS[entry.kind],
-                merge_id=entry.merge_id,
-                survivor_id=entry.survivor_customer_id,
-                merged_id=entry.merged_customer_id,
-                customer_id=entry.customer_id,
-            )
-            for entry in response.entries
-        ]
+        return entries_from(response.entries, "profile")
 
     async def close(self) -> None:
         if self._channel is not None:

@@ -132,6 +132,10 @@ class FakeIdentity(identity_grpc.IdentityServiceServicer):
             consents=[identity_pb.Consent(purpose=MARKETING, channel=c, granted=True) for c in sorted(granted)]
         )
 
+    async def ListLineage(self, request, context):
+        """No merges or erasures (the decision's lineage follower polls this)."""
+        return identity_pb.ListLineageResponse()
+
 
 def gold_profile() -> tuple[profile_pb.Profile, dict[str, float]]:
     traits = profile_pb.Traits(

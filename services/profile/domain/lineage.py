@@ -27,13 +27,12 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from typing import Protocol
 
 from libs.changefeed import ChangeFeed
 from libs.errors import NextBestError
+from libs.lineage import LineageEntry, LineageKind
 from services.profile.domain.events import AcceptedEvent
 from services.profile.domain.segments import SegmentRegistry
 from services.profile.domain.state import ProfileState
@@ -42,25 +41,6 @@ _log = logging.getLogger(__name__)
 
 #: Journal entries asked for per ListLineage call.
 LINEAGE_PAGE = 100
-
-
-class LineageKind(StrEnum):
-    MERGE = "merge"
-    UNMERGE = "unmerge"
-    FORGET = "forget"
-
-
-@dataclass(frozen=True, slots=True)
-class LineageEntry:
-    """One entry of identity's lineage journal."""
-
-    seq: int
-    kind: LineageKind
-    merge_id: str = ""
-    survivor_id: str = ""
-    merged_id: str = ""
-    #: The erased customer (FORGET).
-    customer_id: str = ""
 
 
 class LineageMoved(Exception):
