@@ -101,6 +101,8 @@ class Offer:
     discount_pct: float = 0.0
     #: Product whose stock gates the offer; the decision picks the SKU variant (size/colour) at decision time.
     product_id: str | None = None
+    #: The product's SKU variants the offer covers (a clearance of some sizes or colours); empty: every variant.
+    skus: frozenset[str] = frozenset()
     valid_from: datetime | None = None
     valid_to: datetime | None = None
     eligibility: Eligibility = field(default_factory=Eligibility)
@@ -145,6 +147,13 @@ class Catalogue:
     def offer(self, offer_id: str) -> Offer | None:
         return next((o for o in self.offers if o.id == offer_id), None)
 
+    def variants_of(self, offer: Offer) -> tuple[Variant, ...]:
+        """The SKU variants the offer covers: its `skus`, else every variant of its product (none without one)."""
+        if offer.product_id is None:
+            return ()
+        variants = self.products[offer.product_id].variants
+        return tuple(v for v in variants if v.sku in offer.skus) if offer.skus else variants
+
 
 def _require(entry: dict, key: str, where: str, kind: type | tuple[type, ...]):
     if key not in entry:
@@ -165,6 +174,12 @@ def _parse_time(value: object, where: str) -> datetime | None:
     if parsed.tzinfo is None:
         raise CatalogueError(f"{where}: needs a timezone offset: {value!r}")
     return parsed
+
+
+def _parse_skus(value: object, where: str) -> frozenset[str]:
+    if not isinstance(value, list) or not all(isinstance(sku, str) and sku for sku in value):
+        raise CatalogueError(f"{where}: expected a list of SKU variant ids")
+    return frozenset(value)
 
 
 def _parse_placements(value: object, where: str) -> frozenset[str]:
@@ -215,6 +230,7 @@ def parse_offer(entry: object, where: str) -> Offer:
         base_propensity=base,
         discount_pct=float(entry.get("discount_pct", 0.0)),
         product_id=entry.get("product_id"),
+        skus=_parse_skus(entry.get("skus", []), f"{where}.skus"),
         valid_from=_parse_time(entry.get("valid_from"), f"{where}.valid_from"),
         valid_to=_parse_time(entry.get("valid_to"), f"{where}.valid_to"),
         eligibility=eligibility,
@@ -388,6 +404,11 @@ def parse_catalogue(offers_doc: object, products_doc: object) -> Catalogue:
             raise CatalogueError(f"offers[{i}].id: duplicate {offer.id!r}")
         if offer.product_id is not None and offer.product_id not in products:
             raise CatalogueError(f"offers[{i}].product_id: unknown product {offer.product_id!r}")
+        if offer.skus and offer.product_id is None:
+            raise CatalogueError(f"offers[{i}].skus: needs the offer's product_id (the variants are the product's)")
+        for sku in sorted(offer.skus):
+            if product_of_sku.get(sku) != offer.product_id:
+                raise CatalogueError(f"offers[{i}].skus: {sku!r} is not a variant of product {offer.product_id!r}")
         seen.add(offer.id)
         offers.append(offer)
     digest = hashlib.sha256(orjson.dumps([offers_doc, products_doc], option=orjson.OPT_SORT_KEYS)).hexdigest()[:8]

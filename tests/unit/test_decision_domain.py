@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from libs.errors import InvalidArgument
-from services.decision.catalogue import Catalogue, parse_catalogue
+from services.decision.catalogue import Catalogue, CatalogueError, parse_catalogue
 from services.decision.domain.arbitration import ArbitrationPolicy, arbitrate, context_weight
 from services.decision.domain.eligibility import screen
+from services.decision.domain.experience import web_prefill
 from services.decision.domain.model import (
     Candidate,
     CartLine,
@@ -208,6 +209,31 @@ def test_cross_sell_of_a_product_already_in_the_cart_is_removed():
 
 
 # --- stock and pre-orders ---------------------------------------------------------------------------------------
+
+def test_an_offer_on_some_variants_needs_their_stock_and_prefills_only_them():
+    cat = catalogue(offer("red-42", product_id="P-SHOE", skus=["SHOE-42-RED"]))
+    red = cat.offers[0]
+    assert [v.sku for v in cat.variants_of(red)] == ["SHOE-42-RED"]
+    black_only = stock(("SHOE-42-BLK", "DC1", 5), ("SHOE-42-RED", "DC1", 0))
+    assert stock_verdict(red, black_only, "DC1", Context(), cat) == (False, "out_of_stock")  # the product is not
+    both = stock(("SHOE-42-BLK", "DC1", 5), ("SHOE-42-RED", "DC1", 1))
+    assert stock_verdict(red, both, "DC1", Context(), cat) == (True, "in_stock")
+    prefill = web_prefill(red, Context(), customer(), cat, both, "DC1")
+    assert prefill is not None and prefill.sku == "SHOE-42-RED"  # never the black one, though in stock and first
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"skus": ["SHOE-42-RED"]}, r"offers\[0\].skus: needs the offer's product_id"),
+        ({"product_id": "P-SHOE", "skus": ["BOOT-42-BRN"]}, r"'BOOT-42-BRN' is not a variant of product 'P-SHOE'"),
+        ({"product_id": "P-SHOE", "skus": "SHOE-42-RED"}, r"offers\[0\].skus: expected a list"),
+    ],
+)
+def test_offer_variants_are_checked_on_load(fields, problem):
+    with pytest.raises(CatalogueError, match=problem):
+        catalogue(offer("x", **fields))
+
 
 def test_product_offers_need_stock_at_the_fulfilling_location():
     cat = catalogue()

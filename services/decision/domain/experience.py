@@ -93,12 +93,16 @@ def web_prefill(
         return None
     product = catalogue.products[product_id]
     prefs = customer.traits.preferences
+    covered = offer.skus if offer.product_id == product_id else frozenset()  # empty: every variant
     if offer.type == "pre_order":
-        variant = choose_variant(product, None, prefs, prefer_sku=ctx.sku)  # pre-order the sold-out variant viewed
+        # Pre-order the sold-out variant viewed (any variant will do otherwise).
+        variant = choose_variant(product, (lambda sku: sku in covered) if covered else None, prefs, prefer_sku=ctx.sku)
     elif stock is None:
         return None
     else:
-        variant = choose_variant(product, lambda sku: stock.units(sku, warehouse) > 0, prefs)
+        variant = choose_variant(
+            product, lambda sku: (not covered or sku in covered) and stock.units(sku, warehouse) > 0, prefs
+        )
     if variant is None:
         return None
     prefill = Prefill(

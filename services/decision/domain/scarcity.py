@@ -46,7 +46,7 @@ def scarcity_verdict(
     policy = offer.scarcity
     if policy is None or offer.product_id is None:
         return None
-    units = sum(stock.units(v.sku, location_id) for v in catalogue.products[offer.product_id].variants)
+    units = sum(stock.units(v.sku, location_id) for v in catalogue.variants_of(offer))
     if units >= policy.below_units:
         return None
     scarce = f"{units} unit(s) left at {location_id} (scarce below {policy.below_units})"

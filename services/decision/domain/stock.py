@@ -46,11 +46,17 @@ def stock_verdict(
         return True, ""
     if stock is None:
         return False, "stock_unknown"  # inventory unavailable: never promise stock we cannot see
-    in_stock = stock.product_in_stock(offer.product_id, location_id)
+    in_stock = (
+        any(stock.units(v.sku, location_id) > 0 for v in catalogue.variants_of(offer))
+        if offer.skus
+        else stock.product_in_stock(offer.product_id, location_id)
+    )
     if offer.type == "pre_order":
         # The customer is looking at a sold-out variant of this product: that size/colour becomes a pre-order.
         viewed_sold_out = (
-            catalogue.product_of_sku.get(ctx.sku) == offer.product_id and stock.units(ctx.sku, location_id) <= 0
+            catalogue.product_of_sku.get(ctx.sku) == offer.product_id
+            and (not offer.skus or ctx.sku in offer.skus)
+            and stock.units(ctx.sku, location_id) <= 0
         )
         if in_stock and not viewed_sold_out:
             return False, "in_stock_no_pre_order"
