@@ -8,7 +8,7 @@ domain code may use the types.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -16,6 +16,8 @@ from typing import Any
 from libs.errors import Unavailable
 
 _KIND_PREFIX = "LINEAGE_KIND_"
+#: Journal entries a follower asks for per ListLineage call.
+LINEAGE_PAGE = 100
 
 
 class LineageKind(StrEnum):
@@ -61,3 +63,29 @@ def entries_from(messages: Iterable[Any], follower: str) -> list[LineageEntry]:
             )
         )
     return entries
+
+
+async def catch_up(
+    cursor: Callable[[], Awaitable[int]],
+    page: Callable[[int], Awaitable[list[LineageEntry]]],
+    apply: Callable[[LineageEntry, int], Awaitable[bool]],
+) -> int:
+    """Apply every entry the journal has now; returns how many this process applied.
+
+    `cursor()` reads the seq of the last entry applied, `page(after)` lists up to LINEAGE_PAGE entries after it, and
+    `apply(entry, cursor)` applies one in the transaction that moves the cursor from `cursor` to the entry's seq,
+    False when the cursor was no longer there: another replica got there first, so the cursor is read again. That
+    is what makes every entry take effect exactly once across restarts and replicas.
+    """
+    applied = 0
+    while True:
+        at = await cursor()
+        entries = await page(at)
+        for entry in entries:
+            if not await apply(entry, at):
+                break  # another replica got there first: re-read the cursor
+            at = entry.seq
+            applied += 1
+        else:
+            if len(entries) < LINEAGE_PAGE:
+                return applied

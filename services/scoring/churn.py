@@ -12,9 +12,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 
 import numpy as np
-import xgboost as xgb
 
-from services.scoring.lifetime_value import LTV_FEATURES, HistoryModelResult, Transaction, features_at, time_split
+from services.scoring.lifetime_value import (
+    LTV_FEATURES,
+    HistoryModelResult,
+    Transaction,
+    features_at,
+    fit_early_stopped,
+    time_split,
+)
 from services.scoring.training import evaluate, stratified_split
 
 CHURN_PARAMS: dict[str, object] = {
@@ -55,11 +61,7 @@ def train_churn(transactions: Iterable[Transaction], *, horizon: timedelta = tim
             raise ValueError(f"the {name} snapshot needs at least 50 customers with both churners and buyers "
                              f"({len(labels)} customers, {int(labels.sum())} churned): change the horizon")
     fit, stop = stratified_split(y_train, seed)
-    dfit = xgb.DMatrix(x_train[fit], label=y_train[fit], feature_names=list(LTV_FEATURES))
-    dstop = xgb.DMatrix(x_train[stop], label=y_train[stop], feature_names=list(LTV_FEATURES))
-    trained = xgb.train({**CHURN_PARAMS, "seed": seed}, dfit, num_boost_round=1000, evals=[(dstop, "validation")],
-                        early_stopping_rounds=30, verbose_eval=False)
-    booster = trained[: trained.best_iteration + 1]
+    booster = fit_early_stopped({**CHURN_PARAMS, "seed": seed}, x_train, y_train, fit, stop)
     probabilities = booster.inplace_predict(x_eval)
     recency = x_eval[:, LTV_FEATURES.index("recency_days")].astype(np.float64)
     # The baseline ranks by recency; squashed into (0, 1) so that the probability metrics are defined too.

@@ -224,6 +224,16 @@ def time_split(transactions: Iterable[Transaction], horizon: timedelta, end: dat
     return by_customer, end - 2 * horizon, end - horizon
 
 
+def fit_early_stopped(params: dict, x: np.ndarray, y: np.ndarray, fit: np.ndarray, stop: np.ndarray) -> xgb.Booster:
+    """Boost on the `fit` rows with early stopping on the `stop` rows (customers of the same cut-off, so no time
+    leak), cut at the best iteration: the training step the history models (LTV, churn) share."""
+    dfit = xgb.DMatrix(x[fit], label=y[fit], feature_names=list(LTV_FEATURES))
+    dstop = xgb.DMatrix(x[stop], label=y[stop], feature_names=list(LTV_FEATURES))
+    trained = xgb.train(params, dfit, num_boost_round=1000, evals=[(dstop, "validation")],
+                        early_stopping_rounds=30, verbose_eval=False)
+    return trained[: trained.best_iteration + 1]
+
+
 def train_lifetime_value(transactions: Iterable[Transaction], *, horizon: timedelta = timedelta(days=365),
                          end: datetime | None = None, seed: int = 7) -> HistoryModelResult:
     """Train on features at end - 2*horizon, evaluate on features at end - horizon (see the module docstring)."""
@@ -235,11 +245,7 @@ def train_lifetime_value(transactions: Iterable[Transaction], *, horizon: timede
                          f"{horizon.days}-day horizon ({len(y_train)} / {len(y_eval)} customers): shorten the horizon")
     # Early stopping on a random fifth of the training customers (same cut-off, so no time leak).
     fit, stop = stratified_split((y_train > 0).astype(int), seed)
-    dfit = xgb.DMatrix(x_train[fit], label=y_train[fit].clip(min=0), feature_names=list(LTV_FEATURES))
-    dstop = xgb.DMatrix(x_train[stop], label=y_train[stop].clip(min=0), feature_names=list(LTV_FEATURES))
-    trained = xgb.train({**LTV_PARAMS, "seed": seed}, dfit, num_boost_round=1000, evals=[(dstop, "validation")],
-                        early_stopping_rounds=30, verbose_eval=False)
-    booster = trained[: trained.best_iteration + 1]
+    booster = fit_early_stopped({**LTV_PARAMS, "seed": seed}, x_train, y_train.clip(min=0), fit, stop)
     predictions = booster.inplace_predict(x_eval)
     baseline = RfmBaseline(x_train, y_train).predict(x_eval)
     return HistoryModelResult(

@@ -261,25 +261,30 @@ async def train_lifetime_value_candidate(
     result = await asyncio.to_thread(
         train_lifetime_value, transactions, horizon=timedelta(days=horizon_days), seed=seed
     )
-    metrics = _plain({**result.metrics, **{f"baseline_{k}": v for k, v in result.baseline_metrics.items()}})
-    card = _plain({
-        "data": {"source": source or "transactions", "transactions": len(transactions)},
-        "label": f"net spend (orders minus returns) in the {horizon_days} days after the cut-off",
-        "split": "time",
-        "train_cutoff": result.train_cutoff.isoformat(),
-        "evaluation_cutoff": result.eval_cutoff.isoformat(),
-        "baseline": {"model": "RFM quintile cells (mean future spend per cell)", "metrics": result.baseline_metrics},
-        "beats_baseline": result.beats_baseline,
-    })
-    return await _register_history_model(settings, use_case, result, metrics, card, horizon_days, auto_promote_margin)
+    return await _register_history_model(
+        settings, use_case, result, horizon_days, auto_promote_margin,
+        data={"source": source or "transactions", "transactions": len(transactions)},
+        label=f"net spend (orders minus returns) in the {horizon_days} days after the cut-off",
+        baseline="RFM quintile cells (mean future spend per cell)",
+    )
 
 
 async def _register_history_model(
-    settings: ScoringSettings, use_case: str, result: HistoryModelResult, metrics: dict[str, float],
-    card: dict[str, Any], horizon_days: int, auto_promote_margin: float | None,
+    settings: ScoringSettings, use_case: str, result: HistoryModelResult, horizon_days: int,
+    auto_promote_margin: float | None, *, data: dict[str, Any], label: str, baseline: str,
 ) -> TrainedHistoryModel:
-    """Register a model trained on transaction histories (RFM inputs, time split) as a candidate; with a margin,
-    promote it if it beats the champion on its deciding metric (AUC, or RMSE as a relative reduction)."""
+    """Register a model trained on transaction histories (RFM inputs, time split) as a candidate with its model card;
+    with a margin, promote it if it beats the champion on its deciding metric (AUC, or RMSE as a relative reduction)."""
+    metrics = _plain({**result.metrics, **{f"baseline_{k}": v for k, v in result.baseline_metrics.items()}})
+    card = _plain({
+        "data": data,
+        "label": label,
+        "split": "time",
+        "train_cutoff": result.train_cutoff.isoformat(),
+        "evaluation_cutoff": result.eval_cutoff.isoformat(),
+        "baseline": {"model": baseline, "metrics": result.baseline_metrics},
+        "beats_baseline": result.beats_baseline,
+    })
     async with registry_for(settings) as (registry, store):
         champions = await registry.models(use_case, [ModelStatus.CHAMPION])
         champion = champions[0] if champions else None
@@ -310,14 +315,9 @@ async def train_churn_candidate(
 ) -> TrainedChurn:
     """No-order-within-the-horizon classifier on a time split against the recency baseline; a candidate."""
     result = await asyncio.to_thread(train_churn, transactions, horizon=timedelta(days=horizon_days), seed=seed)
-    metrics = _plain({**result.metrics, **{f"baseline_{k}": v for k, v in result.baseline_metrics.items()}})
-    card = _plain({
-        "data": {"source": source or "transactions", "transactions": len(transactions)},
-        "label": f"churned: no order in the {horizon_days} days after the cut-off",
-        "split": "time",
-        "train_cutoff": result.train_cutoff.isoformat(),
-        "evaluation_cutoff": result.eval_cutoff.isoformat(),
-        "baseline": {"model": "recency alone (days since the last order)", "metrics": result.baseline_metrics},
-        "beats_baseline": result.beats_baseline,
-    })
-    return await _register_history_model(settings, use_case, result, metrics, card, horizon_days, auto_promote_margin)
+    return await _register_history_model(
+        settings, use_case, result, horizon_days, auto_promote_margin,
+        data={"source": source or "transactions", "transactions": len(transactions)},
+        label=f"churned: no order in the {horizon_days} days after the cut-off",
+        baseline="recency alone (days since the last order)",
+    )

@@ -5,7 +5,6 @@ through the owners' change feeds, and a lost feed empties the caches instead of 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import pytest
 from nextbest.common.v1 import common_pb2
@@ -28,18 +27,12 @@ from services.identity.settings import IdentitySettings
 from services.profile.app import build as build_profile
 from services.profile.settings import ProfileSettings
 from tests.integration.decision_fakes import EMAIL, MARKETING, FakeInventory, FakeScoring, write_catalogue
+from tests.integration.polling import until
 
 pytestmark = pytest.mark.integration
 
 WEB = common_pb2.CHANNEL_WEB
 ANN = common_pb2.Identifier(type=EMAIL, value="ann@example.com")
-
-
-async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 class Mesh:

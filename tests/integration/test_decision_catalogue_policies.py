@@ -13,6 +13,7 @@ from nextbest.decision.v1 import decision_service_pb2 as pb
 
 from services.decision.domain.experiment import strategy_arm
 from tests.integration.decision_fakes import OFFERS, WEB, start_mesh, write_catalogue
+from tests.integration.polling import until
 
 pytestmark = pytest.mark.integration
 
@@ -47,12 +48,6 @@ async def test_a_scarce_item_goes_to_loyal_customers_and_explain_says_why_others
     mesh.inventory.on_hand[("BOOT-42-BRN", "DC1")] = 3  # restocked: no longer scarce, Bob sees it again
     restocked = await mesh.stub.Decide(web_request("c-bob"), timeout=5)
     assert "boot-drop" in [o.offer_id for o in restocked.offers]
-
-
-async def until(condition, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not await condition():
-            await asyncio.sleep(0.02)
 
 
 async def test_catalogue_edits_reload_without_dropping_requests_and_a_bad_edit_keeps_the_old_one(

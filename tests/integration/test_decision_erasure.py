@@ -6,7 +6,6 @@ recorded but never forwarded, and each journal entry is applied once across repl
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import pytest
@@ -40,17 +39,11 @@ from tests.integration.decision_fakes import (
     FakeScoring,
     write_catalogue,
 )
+from tests.integration.polling import until
 
 pytestmark = pytest.mark.integration
 
 STEWARD = {"reason": "erasure request #12", "actor": "steward-1"}
-
-
-async def until(condition: Callable[[], Awaitable[bool]], seconds: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not await condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 class Mesh:

@@ -9,7 +9,7 @@ look-ups from its cache and sees a committed stock change on its next decision.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import asyncpg
 import grpc
@@ -41,6 +41,7 @@ from tests.integration.decision_fakes import (
     FakeScoring,
     write_catalogue,
 )
+from tests.integration.polling import until
 
 pytestmark = pytest.mark.integration
 
@@ -53,13 +54,6 @@ CAP-1,CAP,,navy,dc-1,warehouse,7
 
 def settings_for(database_url: str, tmp_path) -> InventorySettings:
     return InventorySettings(database_url=database_url, port=0, common=CommonSettings(data_dir=tmp_path))
-
-
-async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 class Watcher:

@@ -28,12 +28,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from libs.errors import NextBestError
-from libs.lineage import LineageEntry, LineageKind
+from libs.lineage import LINEAGE_PAGE, LineageEntry, LineageKind, catch_up
 
 _log = logging.getLogger(__name__)
 
-#: Journal entries asked for per ListLineage call.
-LINEAGE_PAGE = 100
 #: Deadline of one ListLineage call: background work, so generous but bounded.
 LINEAGE_TIMEOUT_SECONDS = 5.0
 #: Longer than any request that resolved a customer (or read its decision) may take to write its row.
@@ -188,18 +186,7 @@ class LineageFollower:
 
     async def catch_up(self) -> int:
         """Apply every entry the journal has now; returns how many this process applied."""
-        applied = 0
-        while True:
-            cursor = await self._repository.lineage_cursor()
-            entries = await self._source.list_lineage(cursor, LINEAGE_PAGE, LINEAGE_TIMEOUT_SECONDS)
-            for entry in entries:
-                if not await self.apply(entry, cursor):
-                    break  # another replica got there first: re-read the cursor
-                cursor = entry.seq
-                applied += 1
-            else:
-                if len(entries) < LINEAGE_PAGE:
-                    return applied
+        return await catch_up(self._repository.lineage_cursor, lambda after: self._source.list_lineage(after, LINEAGE_PAGE, LINEAGE_TIMEOUT_SECONDS), self.apply)
 
     async def apply(self, entry: LineageEntry, cursor: int) -> bool:
         """Apply one entry in one transaction with the cursor move from `cursor`; False when not at `cursor`."""

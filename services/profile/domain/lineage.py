@@ -32,15 +32,13 @@ from typing import Protocol
 
 from libs.changefeed import ChangeFeed
 from libs.errors import NextBestError
-from libs.lineage import LineageEntry, LineageKind
+from libs.lineage import LINEAGE_PAGE, LineageEntry, LineageKind, catch_up
 from services.profile.domain.events import AcceptedEvent
 from services.profile.domain.segments import SegmentRegistry
 from services.profile.domain.state import ProfileState
 
 _log = logging.getLogger(__name__)
 
-#: Journal entries asked for per ListLineage call.
-LINEAGE_PAGE = 100
 
 
 class LineageMoved(Exception):
@@ -151,18 +149,7 @@ class LineageFollower:
 
     async def catch_up(self) -> int:
         """Apply every entry the journal has now; returns how many this process applied."""
-        applied = 0
-        while True:
-            cursor = await self._repository.lineage_cursor()
-            entries = await self._source.entries(cursor, LINEAGE_PAGE)
-            for entry in entries:
-                if not await self.apply(entry, cursor):
-                    break  # another replica got there first: re-read the cursor
-                cursor = entry.seq
-                applied += 1
-            else:
-                if len(entries) < LINEAGE_PAGE:
-                    return applied
+        return await catch_up(self._repository.lineage_cursor, lambda after: self._source.entries(after, LINEAGE_PAGE), self.apply)
 
     async def apply(self, entry: LineageEntry, cursor: int) -> bool:
         """Apply one entry in one transaction with the cursor move from `cursor`; False when not at `cursor`."""
