@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
+import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -29,7 +30,7 @@ MAX_PENDING = 100_000
 #: Most ids per streamed message.
 MAX_BATCH = 4_096
 _CLOSED = None
-#: Bytes of ids per NOTIFY payload (PostgreSQL's limit is 8,000).
+#: Bytes per NOTIFY payload (PostgreSQL's limit is 8,000).
 _MAX_PAYLOAD = 7_000
 
 
@@ -102,22 +103,32 @@ class ChangeFeed:
             self._watchers.discard(queue)
 
 
-async def notify(connection: AsyncConnection, channel: str, ids: Sequence[str]) -> None:
-    """Announce changed ids on a PostgreSQL channel inside the caller's transaction (delivered only if it commits)."""
-    chunk: list[str] = []
-    size = 0
+_NOTIFY = text("SELECT pg_notify(:channel, :payload)")
+
+
+async def notify(connection: AsyncConnection, channel: str, ids: Sequence[str], origin: str = "") -> None:
+    """Announce changed ids on a PostgreSQL channel inside the caller's transaction (delivered only if it commits).
+    `origin` names the announcing process, so that it can tell its own announcements from other replicas'.
+
+    A payload is a JSON array, the origin then the ids: any id survives the trip (a line break, non-ASCII), and the
+    size is counted in encoded bytes, which is what PostgreSQL limits."""
+    encoded_origin = orjson.dumps(origin)
+    chunk: list[bytes] = [encoded_origin]
+    size = len(encoded_origin) + 2
     for value in dict.fromkeys(ids):
-        if chunk and size + len(value) + 1 > _MAX_PAYLOAD:
-            await connection.execute(
-                text("SELECT pg_notify(:channel, :ids)"), {"channel": channel, "ids": "\n".join(chunk)}
-            )
-            chunk, size = [], 0
-        chunk.append(value)
-        size += len(value) + 1
-    if chunk:
-        await connection.execute(
-            text("SELECT pg_notify(:channel, :ids)"), {"channel": channel, "ids": "\n".join(chunk)}
-        )
+        encoded = orjson.dumps(value)
+        if len(chunk) > 1 and size + len(encoded) + 1 > _MAX_PAYLOAD:
+            await _send(connection, channel, chunk)
+            chunk, size = [encoded_origin], len(encoded_origin) + 2
+        chunk.append(encoded)
+        size += len(encoded) + 1
+    if len(chunk) > 1:
+        await _send(connection, channel, chunk)
+
+
+async def _send(connection: AsyncConnection, channel: str, encoded: list[bytes]) -> None:
+    payload = b"[" + b",".join(encoded) + b"]"
+    await connection.execute(_NOTIFY, {"channel": channel, "payload": payload.decode()})
 
 
 class PostgresRelay:
@@ -127,13 +138,30 @@ class PostgresRelay:
     their caches, since changes may be missed) until listening resumes.
     """
 
-    def __init__(self, engine: AsyncEngine, channel: str, feed: ChangeFeed, retry_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        channel: str,
+        feed: ChangeFeed,
+        retry_seconds: float = 1.0,
+        *,
+        origin: str | None = None,
+        on_notify: Callable[[list[str]], None] | None = None,
+    ) -> None:
         self._engine = engine
         self._channel = channel
         self._feed = feed
         self._retry_seconds = retry_seconds
+        #: Set when this process publishes its own changes to the feed at commit: its announcements are skipped.
+        self._origin = origin
+        #: Called with the ids of every other process's announcement (e.g. to drop them from a cache).
+        self._on_notify = on_notify
         self._task: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()
+        self._sessions = 0
+        #: Changes once per LISTEN session and is None between sessions: a cache filled in an earlier session,
+        #: or while not listening, may have missed changes (see services.profile.storage.ReadCache).
+        self.session: int | None = None
 
     def start(self) -> None:
         self._feed.suspend()
@@ -160,12 +188,19 @@ class PostgresRelay:
             raw = (await connection.get_raw_connection()).driver_connection  # asyncpg.Connection
 
             def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
-                self._feed.publish(payload.split("\n"))
+                origin, *ids = orjson.loads(payload)
+                if self._origin is not None and origin == self._origin:
+                    return  # this process published them at commit
+                self._feed.publish(ids)
+                if self._on_notify is not None:
+                    self._on_notify(ids)
 
             raw.add_termination_listener(lambda _conn: lost.set())
             await raw.add_listener(self._channel, on_notify)
             try:
                 self._feed.resume()
+                self._sessions += 1
+                self.session = self._sessions
                 self.listening.set()
                 log.info("%s relay listening", self._channel)
                 while not lost.is_set() and not raw.is_closed():
@@ -174,6 +209,7 @@ class PostgresRelay:
                     except TimeoutError:
                         await raw.execute("SELECT 1")  # a dead peer shows up here, not as a termination
             finally:
+                self.session = None
                 self._feed.suspend()
                 # Never hand a LISTENing (or dead) connection back to the pool: the pool would not notice either.
                 await connection.invalidate()

@@ -1,8 +1,10 @@
-"""Wiring of the profile service: engine, repository, identity client, domain service, servicer, start and stop."""
+"""Wiring of the profile service: engine, repository, identity client, domain service, servicer, start and stop.
+On PostgreSQL a relay LISTENs for every replica's committed changes: it feeds `WatchChanges` and the read cache."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -53,22 +55,31 @@ async def _every(seconds: float, job: Callable[[], Awaitable[object]], what: str
 def build(settings: ProfileSettings) -> ServiceApp:
     """The profile service, ready to serve once `on_start` has migrated the database."""
     engine = create_engine(settings.resolved_database_url, **settings.common.db_pool)
-    repository = SqlProfileRepository(engine)
+    repository = SqlProfileRepository(
+        engine, cached_reads=settings.read_cache_max_entries, recent_activity=settings.recent_activity
+    )
     service = ProfileService(
-        repository, max_batch=settings.max_batch, recent_activity=settings.recent_activity
+        repository,
+        max_batch=settings.max_batch,
+        recent_activity=settings.recent_activity,
+        ingest_lanes=settings.ingest_lanes if engine.dialect.name == "postgresql" else 1,
     )
     identity = IdentityClient(
         settings.identity_target, settings.identity_timeout_seconds, credentials=peer_credentials(settings.common)
     )
-    follower = LineageFollower(
-        repository, identity, service.segments, service.changes, utcnow, settings.lineage_poll_seconds
-    )
+    follower = LineageFollower(repository, identity, service.segments, utcnow, settings.lineage_poll_seconds)
     tasks: list[asyncio.Task] = []
 
     async def on_start() -> None:
         if settings.common.migrate_on_start:
             await migrate_schema(engine)
         await service.load_segments()
+        if repository.relay is not None:
+            # Every replica's commits reach this one's change feed and read cache (PostgreSQL LISTEN/NOTIFY).
+            repository.relay.start()
+            # Until it listens, watchers are turned away (and retry) and reads skip the cache: usually a few ms.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(repository.relay.listening.wait(), timeout=5.0)
         identity.open()
         # Open a pooled connection and compile the read path so the first real call does not pay for them.
         await repository.load_profile("", settings.recent_activity)
@@ -94,6 +105,8 @@ def build(settings: ProfileSettings) -> ServiceApp:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if repository.relay is not None:
+            await repository.relay.stop()
         await identity.close()
         await engine.dispose()
 

@@ -22,6 +22,7 @@ import asyncio
 import json
 import os
 import random
+import resource
 import signal
 import statistics
 import subprocess
@@ -65,11 +66,21 @@ async def _serve(port_file: Path, samples_file: Path) -> None:
     port = await server.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGUSR1, lambda: [kept.clear() for kept in samples.values()])
+    cache = app.parts["repository"].reads
+
+    def measure_from_now() -> None:
+        for kept in samples.values():
+            kept.clear()
+        cache.hits = cache.misses = 0
+
+    loop.add_signal_handler(signal.SIGUSR1, measure_from_now)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     port_file.write_text(str(port))
     await stop.wait()
-    samples_file.write_text(json.dumps(samples))
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    samples_file.write_text(
+        json.dumps({**samples, "cache": [cache.hits, cache.misses, len(cache)], "peak_rss_mb": peak_rss_mb})
+    )
     await server.stop()
 
 
@@ -278,12 +289,17 @@ async def _drive(port: int, options, server: subprocess.Popen) -> dict[str, floa
             await asyncio.gather(*pending)
 
         async def ingest() -> None:
+            # Open loop, like the reads: batches leave on schedule while earlier ones are still being applied
+            # (up to --ingest-in-flight at once, as a producer with a bounded window would send them).
             batches = int(options.ingest_rate * total / options.ingest_batch)
             rng = random.Random(3)
+            window = asyncio.Semaphore(options.ingest_in_flight)
+            pending: set[asyncio.Task] = set()
             for b in range(batches):
                 delay = started + b * options.ingest_batch / options.ingest_rate - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
+                await window.acquire()
                 now = to_timestamp(utcnow())
                 events = []
                 purchases = 0
@@ -309,15 +325,21 @@ async def _drive(port: int, options, server: subprocess.Popen) -> dict[str, floa
                             )
                         )
                     events.append(event)
-                reply = await stub.IngestEvents(pb.IngestEventsRequest(events=events), timeout=30)
-                counts["sent"] += len(events)
-                counts["accepted"] += reply.accepted
-                counts["duplicates"] += reply.duplicates
-                counts["rejected"] += len(reply.rejected)
-                if not reply.rejected:
-                    counts["purchases"] += purchases
-                if time.monotonic() >= measuring_from:
-                    counts["measured_accepted"] += reply.accepted
+                task = asyncio.create_task(send(events, purchases))
+                task.add_done_callback(lambda done: (pending.discard(done), window.release()))
+                pending.add(task)
+            await asyncio.gather(*pending)
+
+        async def send(events: list, purchases: int) -> None:
+            reply = await stub.IngestEvents(pb.IngestEventsRequest(events=events), timeout=30)
+            counts["sent"] += len(events)
+            counts["accepted"] += reply.accepted
+            counts["duplicates"] += reply.duplicates
+            counts["rejected"] += len(reply.rejected)
+            if not reply.rejected:
+                counts["purchases"] += purchases
+            if time.monotonic() >= measuring_from:
+                counts["measured_accepted"] += reply.accepted
 
         async def start_measuring() -> None:
             await asyncio.sleep(options.warmup)
@@ -391,6 +413,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=500.0, help="reads per second (open loop)")
     parser.add_argument("--ingest-rate", type=float, default=1_000.0, help="events per second ingested meanwhile")
     parser.add_argument("--ingest-batch", type=int, default=50)
+    parser.add_argument("--ingest-in-flight", type=int, default=4, help="most IngestEvents calls under way at once")
     parser.add_argument("--zipf", type=float, default=1.1, help="popularity exponent of the customers drawn")
     parser.add_argument(
         "--database-url",
@@ -463,9 +486,14 @@ async def _bench(options, tmp: Path) -> int:
             f"server-side, {options.customers} customers, {options.rate:.0f} reads/s offered for "
             f"{options.seconds:.0f} s while ingesting (on {engine.dialect.name}):"
         )
-        for method, kept in samples.items():
-            print(f"  {method}: {_percentiles(kept)}")
+        for method in ("GetProfile", "GetFeatures"):
+            print(f"  {method}: {_percentiles(samples[method])}")
         print(f"  both: {_percentiles(samples['GetProfile'] + samples['GetFeatures'])}")
+        hits, misses, entries = samples["cache"]
+        print(
+            f"read cache: {hits / max(1, hits + misses):.1%} hits ({hits} hits, {misses} misses; {entries} profiles "
+            f"held at the end); peak RSS {samples['peak_rss_mb']:.0f} MB"
+        )
         print(f"the service process used {counts['cpu'] / elapsed:.0%} of one core while measured")
         print(
             f"reads achieved {counts['measured_reads'] / elapsed:.0f}/s ({counts['read_errors']} failed); "

@@ -29,6 +29,20 @@ class ProfileSettings(ServiceSettings):
         1.0, gt=0, description="Deadline of one Resolve call to the identity service (capped by the caller's)."
     )
     recent_activity: int = Field(20, ge=0, le=1000, description="How many recent events GetProfile returns.")
+    ingest_lanes: int = Field(
+        4,
+        ge=1,
+        le=32,
+        description="Ingest transactions under way at once, each for its own share of the customers; concurrent "
+        "batches are applied together (group commit). SQLite, whose writers take turns, always uses one.",
+    )
+    read_cache_max_entries: int = Field(
+        50_000,
+        ge=0,
+        description="Profiles kept in memory for GetProfile / GetFeatures (least recently read dropped first); "
+        "this process's own writes update them, so a read is never stale after a write it committed. 0 turns "
+        "the cache off.",
+    )
     lineage_poll_seconds: float = Field(
         2.0,
         gt=0,

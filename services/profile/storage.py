@@ -1,6 +1,6 @@
 """Tables of the profile service and the SQLAlchemy Core adapter behind the domain's repository port.
 
-Concurrency: a batch (or each chunk of a big batch, see `domain.service.APPLY_CHUNK`) is one transaction that
+Concurrency: each ingest transaction (events of one or more batches, see `domain.lanes`) does, in order:
 1. inserts its events (ON CONFLICT DO NOTHING, in event-id order); the ids RETURNING gives are the ones to apply;
 2. takes the customers' state rows in customer-id order with one upsert that creates empty rows for new customers
    and row-locks the existing ones (a no-op DO UPDATE), returning their states;
@@ -9,7 +9,7 @@ Taking locks in one global order means concurrent batches wait for each other in
 event id is applied by exactly one of them. On SQLite, whose writers are serialised, the first statement is the
 INSERT, so the write lock is held from the start of the transaction (what BEGIN IMMEDIATE would give): no batch
 can read a state another is about to change. Each step is one multi-row statement (SQLAlchemy's
-insertmanyvalues), so a chunk of 100 events costs three round trips, not hundreds (plus the look-ups of merged and
+insertmanyvalues), so a transaction of hundreds of events costs three round trips, not hundreds (plus the look-ups of merged and
 erased customers before and under the locks, see `domain.lineage`).
 
 Lineage (identity's merges, unmerges and erasures) is applied on the same transaction type: its first statement
@@ -19,12 +19,15 @@ customers' states in the same global order as ingest.
 
 from __future__ import annotations
 
+import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -46,6 +49,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from libs.cancellation import uncancelled
+from libs.changefeed import ChangeFeed, PostgresRelay, notify
 from libs.db import as_utc, insert_for, reader, translate_errors
 from libs.errors import FailedPrecondition
 from services.profile.domain import AcceptedEvent, Activity, EventRecord, ProfileState, StoredProfile
@@ -111,6 +115,9 @@ profile_aliases = Table(
     Index("ix_profile_aliases_survivor_id", "survivor_id"),
 )
 
+#: The PostgreSQL channel of committed profile changes (see `libs.changefeed.notify`).
+CHANGES_CHANNEL = "nextbest_profile_changes"
+
 #: The seq of the last entry of identity's lineage journal applied here (one row, moved with each entry).
 profile_lineage_cursor = Table(
     "profile_lineage_cursor",
@@ -157,6 +164,112 @@ class StateCache:
             self._states.popitem(last=False)
 
 
+@dataclass(frozen=True, slots=True)
+class CachedProfile:
+    """A committed profile as reads see it. The state is this entry's own copy: never handed to a transaction."""
+
+    state: ProfileState
+    updated_at: datetime
+    #: The newest events (at most the service's `recent_activity`), or None when no read has asked for them.
+    activity: tuple[Activity, ...] | None
+
+
+def _newest_first(activity: Activity) -> tuple[datetime, str]:
+    return activity.occurred_at, activity.event_id
+
+
+class ReadCache:
+    """Committed profiles by customer id, so that reading a hot customer costs no database round trip.
+
+    Never stale after a write this process committed: a committing ingest replaces the entries of the states it
+    saved (write-through, with a copy decoded from the saved document and the new events merged into the recent
+    activity); any other committed change of shape (a merge, unmerge or erasure) empties the cache; and a read that
+    was loading while a write committed does not keep what it loaded, since it may predate the write. Only the
+    profiles of customers that are not merged into another are kept.
+
+    Other replicas' writes (PostgreSQL) drop their customers when their NOTIFY arrives, milliseconds after their
+    commit. `session()` says which LISTEN session vouches for that (None: none does, so nothing is served or kept);
+    when it changes, changes may have been missed and the cache starts afresh. On SQLite it is always 0: one process
+    writes.
+    """
+
+    def __init__(self, max_entries: int, activity_limit: int, session: Callable[[], int | None] = lambda: 0) -> None:
+        self._max_entries = max_entries
+        self._activity_limit = activity_limit
+        self._session = session
+        self._filled_in: int | None = None  # the session the entries were kept in
+        self._entries: OrderedDict[str, CachedProfile] = OrderedDict()
+        self._loading: dict[str, object] = {}  # customer -> token of the newest read in flight
+        self.hits = 0
+        self.misses = 0
+
+    def _vouched(self) -> bool:
+        session = self._session()
+        if session != self._filled_in:
+            self.invalidate()
+            self._filled_in = session
+        return session is not None
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, customer_id: str, with_activity: bool) -> CachedProfile | None:
+        entry = self._entries.get(customer_id) if self._vouched() else None
+        if entry is None or (with_activity and entry.activity is None):
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._entries.move_to_end(customer_id)
+        return entry
+
+    def loading(self, customer_id: str) -> object:
+        """Call before reading the database; hand the token to `keep` with what was read."""
+        token = self._loading[customer_id] = object()
+        return token
+
+    def keep(self, customer_id: str, token: object, entry: CachedProfile | None) -> None:
+        """The read `token` came from is over: keep its `entry` (None: nothing to keep, it failed or found none)."""
+        vouched = self._vouched()  # first: a new session drops the reads loading in the old one
+        if self._loading.get(customer_id) is not token:
+            return  # a write committed (or another read started, or the session changed) meanwhile
+        del self._loading[customer_id]
+        if entry is not None and self._max_entries > 0 and vouched:
+            self._put(customer_id, entry)
+
+    def committed(
+        self, documents: Mapping[str, dict[str, Any]], events: Mapping[str, Sequence[Activity]], at: datetime
+    ) -> None:
+        """An ingest committed: these states were saved (with these new events, by whose state they joined)."""
+        for customer_id, document in documents.items():
+            self._loading.pop(customer_id, None)
+            entry = self._entries.get(customer_id)
+            if entry is None:
+                continue  # nobody read it lately: no need to decode it
+            activity = entry.activity
+            if activity is not None and events.get(customer_id):
+                merged = sorted((*activity, *events[customer_id]), key=_newest_first, reverse=True)
+                activity = tuple(merged[: self._activity_limit])
+            # A round trip through the column's serializer gives a copy exactly as a read would decode it.
+            state = ProfileState.from_document(orjson.loads(orjson.dumps(document)))
+            self._entries[customer_id] = CachedProfile(state, at, activity)
+
+    def invalidate(self, customer_ids: Iterable[str] | None = None) -> None:
+        """Forget these customers (None: everyone), including reads of them in flight."""
+        if customer_ids is None:
+            self._entries.clear()
+            self._loading.clear()
+            return
+        for customer_id in customer_ids:
+            self._entries.pop(customer_id, None)
+            self._loading.pop(customer_id, None)
+
+    def _put(self, customer_id: str, entry: CachedProfile) -> None:
+        self._entries[customer_id] = entry
+        self._entries.move_to_end(customer_id)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+
 class _IngestStatements:
     """The statements every ingest chunk runs, built once per engine (building and hashing them per chunk cost
     ≈ 0.8 ms of CPU)."""
@@ -200,6 +313,27 @@ class SqlIngestTransaction:
         self._locked: dict[str, int] = {}  # customer -> row version under this transaction's lock
         #: What this transaction wrote: customer -> (new row version, state); cached once it commits.
         self.saved: dict[str, tuple[int, ProfileState]] = {}
+        #: The saved states' documents and the events stored here, for the read cache once this commits.
+        self.documents: dict[str, dict[str, Any]] = {}
+        self._stored: list[EventRecord] = []
+        self._roots: dict[str, str] = {}
+        self.saved_at: datetime | None = None
+        #: True when a lineage step (merge, unmerge, erasure) ran: the read cache starts afresh after the commit.
+        self.reshaped = False
+        #: Customers to publish as changed once this commits.
+        self.announced: set[str] = set()
+
+    def announce(self, customer_ids: Iterable[str]) -> None:
+        self.announced.update(customer_ids)
+
+    def new_activity(self) -> dict[str, list[Activity]]:
+        """The stored events as recent activity, by the customer whose profile they joined."""
+        by_owner: dict[str, list[Activity]] = {}
+        for record in self._stored:
+            event = record.event
+            owner = self._roots.get(event.customer_id, event.customer_id)
+            by_owner.setdefault(owner, []).append(Activity(event.event_id, event.kind, event.occurred_at, record.summary))
+        return by_owner
 
     async def add_events(self, records: Sequence[EventRecord]) -> set[str]:
         received_at = datetime.now(UTC)
@@ -217,7 +351,9 @@ class SqlIngestTransaction:
             for record in sorted(records, key=lambda record: record.event.event_id)
         ]
         result = await self._connection.execute(self._statements.add_events, rows)
-        return set(result.scalars())
+        inserted = set(result.scalars())
+        self._stored.extend(record for record in records if record.event.event_id in inserted)
+        return inserted
 
     async def lock_states(self, customer_ids: Sequence[str], now: datetime) -> dict[str, ProfileState]:
         rows = [
@@ -250,10 +386,11 @@ class SqlIngestTransaction:
         return states
 
     async def save_states(self, states: Mapping[str, ProfileState], now: datetime) -> None:
+        documents = {customer_id: state.to_document() for customer_id, state in states.items()}
         rows = [
             {
                 "customer_id": customer_id,
-                "state": state.to_document(),
+                "state": documents[customer_id],
                 "first_seen_at": state.first_seen_at,
                 "updated_at": now,
                 "version": 1,
@@ -261,6 +398,8 @@ class SqlIngestTransaction:
             for customer_id, state in states.items()
         ]
         await self._connection.execute(self._statements.save_states, rows)
+        self.documents.update(documents)
+        self.saved_at = now
         self.saved.update(
             (customer_id, (self._locked.get(customer_id, 0) + 1, state)) for customer_id, state in states.items()
         )
@@ -289,6 +428,7 @@ class SqlIngestTransaction:
     # ------------------------------------------------------------------ lineage (see domain.lineage)
 
     async def advance_cursor(self, from_seq: int, to_seq: int) -> bool:
+        self.reshaped = True
         result = await self._connection.execute(
             update(profile_lineage_cursor)
             .where(profile_lineage_cursor.c.source == LINEAGE_SOURCE, profile_lineage_cursor.c.seq == from_seq)
@@ -297,12 +437,15 @@ class SqlIngestTransaction:
         return result.rowcount == 1
 
     async def roots(self, customer_ids: Sequence[str]) -> dict[str, str]:
-        return await _roots(self._connection, customer_ids)
+        roots = await _roots(self._connection, customer_ids)
+        self._roots.update(roots)
+        return roots
 
     async def group(self, root: str) -> list[str]:
         return await _group(self._connection, root)
 
     async def add_alias(self, merged_id: str, survivor_id: str, merge_id: str, at: datetime) -> None:
+        self.reshaped = True
         await self._connection.execute(
             profile_aliases.insert().values(
                 merged_id=merged_id, survivor_id=survivor_id, merge_id=merge_id, merged_at=at
@@ -310,6 +453,7 @@ class SqlIngestTransaction:
         )
 
     async def remove_alias(self, merge_id: str) -> bool:
+        self.reshaped = True
         result = await self._connection.execute(delete(profile_aliases).where(profile_aliases.c.merge_id == merge_id))
         return result.rowcount > 0
 
@@ -336,6 +480,7 @@ class SqlIngestTransaction:
         ]
 
     async def delete_profiles(self, customer_ids: Sequence[str]) -> None:
+        self.reshaped = True
         for table in (profile_segment_members, profile_states):
             await self._connection.execute(delete(table).where(table.c.customer_id.in_(customer_ids)))
 
@@ -343,6 +488,7 @@ class SqlIngestTransaction:
         return await _erased(self._connection, customer_ids)
 
     async def erase(self, customer_ids: Sequence[str], at: datetime) -> None:
+        self.reshaped = True
         await self._connection.execute(
             self._insert(profile_erasures).on_conflict_do_nothing(index_elements=["customer_id"]),
             [{"customer_id": customer_id, "erased_at": at} for customer_id in customer_ids],
@@ -367,6 +513,23 @@ SURVIVORS = select(profile_aliases.c.merged_id, profile_aliases.c.survivor_id).w
 STATE_ROW = select(profile_states.c.state, profile_states.c.updated_at).where(
     profile_states.c.customer_id == bindparam("customer_id")
 )
+MERGED_INTO = select(profile_aliases.c.merged_id).where(
+    profile_aliases.c.survivor_id.in_(bindparam("ids", expanding=True))
+)
+#: The newest events of customers (a survivor's group), newest first.
+RECENT_EVENTS = (
+    select(profile_events.c.event_id, profile_events.c.kind, profile_events.c.occurred_at, profile_events.c.summary)
+    .where(profile_events.c.customer_id.in_(bindparam("ids", expanding=True)))
+    .order_by(profile_events.c.occurred_at.desc(), profile_events.c.event_id.desc())
+    .limit(bindparam("limit"))
+)
+#: The same for one customer: an equality the planner walks down the (customer, time) index.
+RECENT_EVENTS_OF_ONE = (
+    select(profile_events.c.event_id, profile_events.c.kind, profile_events.c.occurred_at, profile_events.c.summary)
+    .where(profile_events.c.customer_id == bindparam("customer_id"))
+    .order_by(profile_events.c.occurred_at.desc(), profile_events.c.event_id.desc())
+    .limit(bindparam("limit"))
+)
 
 
 async def _group(connection: AsyncConnection, root: str) -> list[str]:
@@ -374,9 +537,7 @@ async def _group(connection: AsyncConnection, root: str) -> list[str]:
     members = [root]
     frontier = [root]
     while frontier:
-        found = await connection.scalars(
-            select(profile_aliases.c.merged_id).where(profile_aliases.c.survivor_id.in_(frontier))
-        )
+        found = await connection.scalars(MERGED_INTO, {"ids": frontier})
         frontier = [customer_id for customer_id in found if customer_id not in members]
         members.extend(frontier)
     return members
@@ -423,19 +584,41 @@ async def _state_row(connection: AsyncConnection, customer_id: str) -> tuple[str
 class SqlProfileRepository:
     """Profile storage on SQLite or PostgreSQL through SQLAlchemy Core (one connection per call)."""
 
-    def __init__(self, engine: AsyncEngine, cached_states: int = 10_000) -> None:
+    def __init__(
+        self, engine: AsyncEngine, cached_states: int = 10_000, cached_reads: int = 0, recent_activity: int = 20
+    ) -> None:
         self._engine = engine
         self._reader = reader(engine)  # reads need no transaction: no BEGIN/ROLLBACK round trips on PostgreSQL
         self._insert = insert_for(engine)
         self._ingest_statements = _IngestStatements(self._insert)
         self._states = StateCache(cached_states)
+        #: The customers every committed transaction announced (`WatchChanges`): this process's at commit, and on
+        #: PostgreSQL every other replica's by NOTIFY, which also drops them from the read cache.
+        self.changes = ChangeFeed()
+        self.origin = uuid.uuid4().hex  # tells this process's announcements from other replicas'
+        self.relay: PostgresRelay | None = None
+        session: Callable[[], int | None] = lambda: 0  # noqa: E731 - SQLite: one process writes
+        if engine.dialect.name == "postgresql":
+            relay = self.relay = PostgresRelay(
+                engine, CHANGES_CHANNEL, self.changes, origin=self.origin, on_notify=lambda ids: self.reads.invalidate(ids)
+            )
+            session = lambda: relay.session  # noqa: E731
+        self.reads = ReadCache(cached_reads, recent_activity, session=session)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqlIngestTransaction]:
         async with translate_errors("ingest events"), self._engine.begin() as connection:
             tx = SqlIngestTransaction(connection, self._insert, self._states, self._ingest_statements)
             yield tx
-        self._states.keep(tx.saved)  # committed (an exception skips this: what the batch touched is not reused)
+            if self.relay is not None and tx.announced:
+                await notify(connection, CHANGES_CHANNEL, sorted(tx.announced), origin=self.origin)
+        # Committed (an exception skips this: what the batch touched is not reused).
+        self._states.keep(tx.saved)
+        if tx.reshaped:
+            self.reads.invalidate()
+        elif tx.saved_at is not None:
+            self.reads.committed(tx.documents, tx.new_activity(), tx.saved_at)
+        self.changes.publish(tx.announced)
 
     async def lineage_cursor(self) -> int:
         async with translate_errors("read lineage cursor"), self._reader.connect() as connection:
@@ -449,15 +632,34 @@ class SqlProfileRepository:
             return await _erased(connection, customer_ids)
 
     async def load_state(self, customer_id: str) -> ProfileState | None:
-        return await uncancelled(self._load_state(customer_id))  # a passed deadline must not cost the connection
-
-    async def _load_state(self, customer_id: str) -> ProfileState | None:
-        async with translate_errors("read profile"), self._reader.connect() as connection:
-            found = await _state_row(connection, customer_id)
-        return ProfileState.from_document(found[1].state) if found is not None else None
+        cached = self.reads.get(customer_id, with_activity=False)
+        if cached is not None:
+            return cached.state
+        found = await self._read_through(customer_id, 0)
+        return found.state if found is not None else None
 
     async def load_profile(self, customer_id: str, recent_activity: int) -> StoredProfile | None:
-        return await uncancelled(self._load_profile(customer_id, recent_activity))
+        """The customer's profile (or that of the customer it was merged into), from the read cache if it holds it.
+        `recent_activity` is 0 (none) or the service's setting, which the cache keeps."""
+        cached = self.reads.get(customer_id, with_activity=recent_activity > 0)
+        if cached is not None:
+            activity = cached.activity if recent_activity else ()
+            return StoredProfile(cached.state, cached.updated_at, activity or (), customer_id=customer_id)
+        return await self._read_through(customer_id, recent_activity)
+
+    async def _read_through(self, customer_id: str, recent_activity: int) -> StoredProfile | None:
+        """Read the database and keep what was read, unless a write committed meanwhile (see ReadCache)."""
+        token = self.reads.loading(customer_id)
+        found = None
+        try:
+            # A passed deadline must not cost the pooled connection (see libs.cancellation).
+            found = await uncancelled(self._load_profile(customer_id, recent_activity))
+        finally:
+            entry = None
+            if found is not None and found.customer_id == customer_id:  # merged customers: read from the database
+                entry = CachedProfile(found.state, found.updated_at, found.recent_activity if recent_activity else None)
+            self.reads.keep(customer_id, token, entry)
+        return found
 
     async def _load_profile(self, customer_id: str, recent_activity: int) -> StoredProfile | None:
         async with translate_errors("read profile"), self._reader.connect() as connection:
@@ -470,19 +672,11 @@ class SqlProfileRepository:
                 # A survivor's activity includes the events of the customers merged into it.
                 members = await _group(connection, owner)
                 events = await connection.execute(
-                    select(
-                        profile_events.c.event_id,
-                        profile_events.c.kind,
-                        profile_events.c.occurred_at,
-                        profile_events.c.summary,
-                    )
-                    .where(
-                        profile_events.c.customer_id == owner
+                    *(
+                        (RECENT_EVENTS_OF_ONE, {"customer_id": owner, "limit": recent_activity})
                         if len(members) == 1
-                        else profile_events.c.customer_id.in_(members)
+                        else (RECENT_EVENTS, {"ids": members, "limit": recent_activity})
                     )
-                    .order_by(profile_events.c.occurred_at.desc(), profile_events.c.event_id.desc())
-                    .limit(recent_activity)
                 )
                 activity = [Activity(event_id, kind, as_utc(at), summary) for event_id, kind, at, summary in events]
         return StoredProfile(

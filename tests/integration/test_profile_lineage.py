@@ -19,7 +19,6 @@ from nextbest.profile.v1 import profile_service_pb2 as pb
 from nextbest.profile.v1 import profile_service_pb2_grpc as pb_grpc
 from sqlalchemy import func, select
 
-from libs.changefeed import ChangeFeed
 from libs.clients import open_channel
 from libs.db import create_engine
 from libs.protoconv import to_duration, to_timestamp, utcnow
@@ -354,7 +353,7 @@ async def test_journal_is_applied_once_across_restarts_and_concurrent_followers(
         engines.append(engine)
         clients.append(client)
         repository = SqlProfileRepository(engine)
-        followers.append(LineageFollower(repository, client, SegmentRegistry(), ChangeFeed(), utcnow, 3600))
+        followers.append(LineageFollower(repository, client, SegmentRegistry(), utcnow, 3600))
     try:
         applied = await asyncio.gather(*(follower.catch_up() for follower in followers))
         assert sum(applied) == 3

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
+from libs.changefeed import ChangeFeed
 from libs.errors import InvalidArgument, NotFound, Unavailable
 from services.profile.domain import (
     FEATURE_NAMES,
@@ -36,6 +37,7 @@ class InMemoryTransaction:
         self.repository = repository
         self.events: dict[str, EventRecord] = {}
         self.states: dict[str, dict] = {}
+        self.announced: set[str] = set()
 
     async def add_events(self, records: Sequence[EventRecord]) -> set[str]:
         new = {r.event.event_id: r for r in records if r.event.event_id not in self.repository.events}
@@ -55,6 +57,9 @@ class InMemoryTransaction:
     async def erased(self, customer_ids: Sequence[str]) -> set[str]:
         return set()
 
+    def announce(self, customer_ids) -> None:
+        self.announced.update(customer_ids)
+
     async def save_states(self, states: Mapping[str, ProfileState], now: datetime) -> None:
         # Through JSON as the real column does (orjson, like libs.db's engines).
         self.states.update({cid: orjson.loads(orjson.dumps(state.to_document())) for cid, state in states.items()})
@@ -67,6 +72,8 @@ class InMemoryRepository:
         self.fail_on_save = False
         self.commits = 0
         self.fail_after_commits: int | None = None
+        self.announced: set[str] = set()
+        self.changes = ChangeFeed()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[InMemoryTransaction]:
@@ -79,6 +86,8 @@ class InMemoryRepository:
             raise Unavailable("database went away")
         self.events.update(tx.events)
         self.states.update(tx.states)
+        self.announced.update(tx.announced)
+        self.changes.publish(tx.announced)
 
     async def erased(self, customer_ids: Sequence[str]) -> set[str]:
         return set()
@@ -213,7 +222,7 @@ async def test_a_failed_transaction_applies_nothing(service, repository):
 async def test_a_big_batch_is_applied_in_chunks_and_a_retry_after_a_partial_failure_applies_each_event_once(
     repository,
 ):
-    service = ProfileService(repository, max_batch=1000, recent_activity=3, clock=lambda: NOW)
+    service = ProfileService(repository, max_batch=APPLY_CHUNK * 3, recent_activity=3, clock=lambda: NOW)
     events = [purchase_event(f"e-{i:04d}", customer_id=f"c-{i % 7}") for i in range(APPLY_CHUNK * 2 + 10)]
     repository.fail_after_commits = 1  # the first chunk commits, the second fails
     with pytest.raises(Unavailable):

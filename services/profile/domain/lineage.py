@@ -30,7 +30,6 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Protocol
 
-from libs.changefeed import ChangeFeed
 from libs.errors import NextBestError
 from libs.lineage import LINEAGE_PAGE, LineageEntry, LineageKind, catch_up
 from services.profile.domain.events import AcceptedEvent
@@ -55,6 +54,10 @@ class LineageSource(Protocol):
 
 class LineageTransaction(Protocol):
     """The storage steps of applying one entry, on one open transaction."""
+
+    def announce(self, customer_ids: Iterable[str]) -> None:
+        """Publish these customers as changed once the transaction commits (to every replica's change feed)."""
+        ...
 
     async def advance_cursor(self, from_seq: int, to_seq: int) -> bool:
         """Move the cursor from `from_seq` to `to_seq` (the first statement: it serialises appliers); False when
@@ -127,14 +130,12 @@ class LineageFollower:
         repository: LineageRepository,
         source: LineageSource,
         segments: SegmentRegistry,
-        changes: ChangeFeed,
         clock: Callable[[], datetime],
         poll_seconds: float,
     ) -> None:
         self._repository = repository
         self._source = source
         self._segments = segments
-        self._changes = changes
         self._clock = clock
         self._poll_seconds = poll_seconds
 
@@ -164,7 +165,7 @@ class LineageFollower:
                     changed = await self._unmerge(tx, entry, now)
                 case LineageKind.FORGET:
                     changed = await self._forget(tx, entry.customer_id, now)
-        self._changes.publish(changed)  # committed: the decision's caches drop these customers
+            tx.announce(changed)  # once committed: the decision's caches drop these customers
         return True
 
     async def _merge(self, tx: LineageTransaction, entry: LineageEntry, now: datetime) -> set[str]:

@@ -2,12 +2,13 @@
 
 Ingesting a batch: validate each event on its own (a malformed one is rejected, the others go on), resolve the
 customers of events that only carry identifiers (all or nothing: if the identity service cannot answer, the
-call fails and nothing is applied, so the producer retries), drop repeated ids within the batch, then, per chunk
-of `APPLY_CHUNK` events, in ONE transaction insert the events ignoring ids already stored, lock the affected
+call fails and nothing is applied, so the producer retries), drop repeated ids within the batch, then hand the
+events to the ingest lanes (`domain.lanes`), which apply them together with those of concurrent batches: in ONE
+transaction of at most `APPLY_CHUNK` events, insert the events ignoring ids already stored, lock the affected
 customers' states (a merged customer's events go to its survivor's state, see `domain.lineage`) and fold only the
 newly inserted events into them, in event-time order; then re-evaluate, for those customers only, the segments
-reading a trait the chunk changed (or the clock), storing membership changes in the same transaction. The
-customers are published on `changes` after each commit.
+reading a trait the transaction changed (or the clock), storing membership changes in the same transaction. The
+customers are announced by the transaction and reach `changes` (every replica's) once it commits.
 
 A stream of batches (`ingest_stream`) is applied the same way, one batch at a time as it is read, so at most one
 batch is in flight and the producer is held by gRPC flow control meanwhile.
@@ -18,18 +19,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import AsyncIterable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from libs.cancellation import uncancelled
 from libs.changefeed import ChangeFeed
 from libs.errors import InvalidArgument, NotFound, Unavailable
 from libs.protoconv import utcnow
 from services.profile.domain.events import AcceptedEvent, Event, Identifier, summarize
 from services.profile.domain.features import COLUMN_NAMES, FEATURE_NAMES, compute_columns, compute_features
+from services.profile.domain.lanes import IngestLanes
 from services.profile.domain.lineage import LineageMoved
 from services.profile.domain.segments import (
     SegmentDefinition,
@@ -44,10 +45,12 @@ _log = logging.getLogger(__name__)
 
 #: Resolve calls in flight at once for one batch: enough to hide latency, not enough to flood identity.
 RESOLVE_CONCURRENCY = 16
-#: Events applied per transaction. A big batch is applied in chunks so that its CPU-bound steps (decoding,
-#: folding, encoding states) never hold the event loop for long: profile reads wait at most one chunk.
-#: Each event still lands in exactly one transaction, once; a retried batch skips the chunks already applied.
-APPLY_CHUNK = 100
+#: Most events one ingest transaction applies (domain.lanes gathers concurrent batches up to this). Each event
+#: still lands in exactly one transaction, once; a retried batch skips the transactions already committed.
+APPLY_CHUNK = 500
+#: Customers folded between two yields to the event loop, so that reads wait for at most a slice, not a
+#: whole transaction's CPU-bound work.
+FOLD_SLICE = 25
 #: Customers re-evaluated per transaction when a segment is put or deleted.
 SEGMENT_PAGE = 500
 #: Attempts of one chunk whose customers' lineage keeps changing under it (a merge or unmerge committing).
@@ -175,8 +178,15 @@ class IngestTransaction(Protocol):
         """Record segment entries (with their since) and exits."""
         ...
 
+    def announce(self, customer_ids: Iterable[str]) -> None:
+        """Publish these customers as changed once the transaction commits (to every replica's change feed)."""
+        ...
+
 
 class ProfileRepository(Protocol):
+    #: The customers every committed transaction announced (every replica's, where the storage relays them).
+    changes: ChangeFeed
+
     def transaction(self) -> AbstractAsyncContextManager[IngestTransaction]:
         ...
 
@@ -231,14 +241,15 @@ class ProfileService:
         max_batch: int,
         recent_activity: int,
         clock: Callable[[], datetime] = utcnow,
-        changes: ChangeFeed | None = None,
+        ingest_lanes: int = 1,
     ) -> None:
         self._repository = repository
+        self._lanes = IngestLanes(self._apply, ingest_lanes, APPLY_CHUNK)
         self._max_batch = max_batch
         self._recent_activity = recent_activity
         self._clock = clock
-        #: The customers of every committed batch are published here (`WatchChanges`).
-        self.changes = changes or ChangeFeed()
+        #: The customers of every committed transaction reach this feed (`WatchChanges`).
+        self.changes = repository.changes
         self.segments = SegmentRegistry()
         #: Serialises segment puts, deletes and reloads (a put re-evaluates every customer).
         self._segment_lock = asyncio.Lock()
@@ -315,11 +326,9 @@ class ProfileService:
             accepted = AcceptedEvent(event.event_id, customer_id, event.occurred_at, event.source, event.payload)
             records.append(EventRecord(accepted, summarize(event.payload)))
 
-        applied = 0
-        for start in range(0, len(records), APPLY_CHUNK):
-            # A chunk under way finishes even if the caller gives up (its deadline passed): cancelling it mid-
-            # transaction costs the pooled connection, and the producer's retry skips what committed.
-            applied += await uncancelled(self._apply(records[start : start + APPLY_CHUNK], now))
+        # Applied with the events of concurrent batches (domain.lanes); a transaction under way finishes even if
+        # the caller gives up (its deadline passed), and the producer's retry skips what committed.
+        applied = await self._lanes.submit(records)
         rejected.sort(key=lambda rejection: rejection.index)
         return IngestResult(applied, duplicates + len(records) - applied, tuple(rejected))
 
@@ -347,7 +356,9 @@ class ProfileService:
             raise failed.exceptions[0] from None
         return {key: task.result() for key, task in zip(keys, tasks, strict=True)}
 
-    async def _apply(self, records: Sequence[EventRecord], now: datetime) -> int:
+    async def _apply(self, records: Sequence[EventRecord]) -> set[str]:
+        """Apply in one transaction; the ids newly stored (the others were there already)."""
+        now = self._clock()
         for _ in range(LINEAGE_RETRIES):
             try:
                 return await self._apply_once(records, now)
@@ -355,11 +366,11 @@ class ProfileService:
                 continue  # rolled back: apply again with the aliases as they are now
         raise Unavailable("customers of this batch are being merged, unmerged or erased; retry the batch")
 
-    async def _apply_once(self, records: Sequence[EventRecord], now: datetime) -> int:
+    async def _apply_once(self, records: Sequence[EventRecord], now: datetime) -> set[str]:
         async with self._repository.transaction() as tx:
             inserted = await tx.add_events(records)
             if not inserted:
-                return 0
+                return inserted
             fresh = [record.event for record in records if record.event.event_id in inserted]
             event_customers = {event.customer_id for event in fresh}
             # An event of a merged customer keeps its id (so an unmerge splits it back) and is folded into the
@@ -376,7 +387,9 @@ class ProfileService:
             entered: list[Entered] = []
             left: list[Left] = []
             segments = self.segments
-            for customer_id, new_events in by_customer.items():
+            for n, (customer_id, new_events) in enumerate(by_customer.items(), 1):
+                if n % FOLD_SLICE == 0:
+                    await asyncio.sleep(0)  # let reads in: a big transaction folds for tens of milliseconds
                 state = states[customer_id]
                 # Segments are re-evaluated only when what they read changed (or reads the clock): the values
                 # before the batch are kept to compare. A new customer was never evaluated: all of them.
@@ -391,9 +404,9 @@ class ProfileService:
                 await tx.update_memberships(entered, left)
             self._evaluated.update(states)  # see refresh_segments
             await tx.save_states(states, now)
-        # Committed: readers' caches may now drop these customers (a merged id's answer is its survivor's).
-        self.changes.publish(event_customers | by_customer.keys())
-        return len(inserted)
+            # Once committed, readers' caches drop these customers (a merged id's answer is its survivor's).
+            tx.announce(event_customers | by_customer.keys())
+        return inserted
 
     async def get_profile(self, customer_id: str, include_features: bool, include_activity: bool = True) -> ProfileView:
         _check_customer_id(customer_id)
@@ -539,7 +552,7 @@ class ProfileService:
                 await tx.update_memberships(entered, left)
             if changed:
                 await tx.save_states(changed, now)
-        self.changes.publish(changed)
+            tx.announce(changed)
         return states, set(changed)
 
     async def sweep_segments(self) -> int:
