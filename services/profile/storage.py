@@ -32,6 +32,7 @@ import orjson
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Index,
@@ -307,6 +308,23 @@ _PG_SAVE_STATES = text(
         updated_at = excluded.updated_at, version = profile_states.version + 1
     """
 )
+
+
+#: A profile read with its recent activity on PostgreSQL. A customer others were merged into (their events are part
+#: of its activity) or one merged into another (no row of its own) is read the general way instead.
+_PG_PROFILE = text(
+    """
+    SELECT s.state, s.updated_at,
+           EXISTS (SELECT 1 FROM profile_aliases a WHERE a.survivor_id = s.customer_id) AS merged_into_it,
+           (SELECT coalesce(json_agg(json_build_array(e.event_id, e.kind, e.occurred_at, e.summary)
+                                     ORDER BY e.occurred_at DESC, e.event_id DESC), '[]')
+            FROM (SELECT event_id, kind, occurred_at, summary FROM profile_events
+                  WHERE customer_id = s.customer_id
+                  ORDER BY occurred_at DESC, event_id DESC LIMIT :limit) AS e) AS recent
+    FROM profile_states s
+    WHERE s.customer_id = :customer_id
+    """
+).columns(state=JSON, updated_at=DateTime(timezone=True), merged_into_it=Boolean, recent=JSON)
 
 
 class _IngestStatements:
@@ -647,7 +665,10 @@ async def _state_row(connection: AsyncConnection, customer_id: str) -> tuple[str
         return customer_id, row
     owner = (await _roots(connection, [customer_id])).get(customer_id)
     if owner is None:
-        return None
+        # Each read sees the latest commit: an unmerge that committed between the two (alias gone, row back) would
+        # otherwise make a customer with a profile look like one without.
+        row = (await connection.execute(STATE_ROW, {"customer_id": customer_id})).first()
+        return (customer_id, row) if row is not None else None
     row = (await connection.execute(STATE_ROW, {"customer_id": owner})).first()
     return (owner, row) if row is not None else None
 
@@ -734,6 +755,19 @@ class SqlProfileRepository:
 
     async def _load_profile(self, customer_id: str, recent_activity: int) -> StoredProfile | None:
         async with translate_errors("read profile"), self._reader.connect() as connection:
+            if recent_activity and self._ingest_statements.postgres:
+                # The usual case in one round trip instead of three: the customer's own row and newest events.
+                row = (
+                    await connection.execute(_PG_PROFILE, {"customer_id": customer_id, "limit": recent_activity})
+                ).first()
+                if row is not None and not row.merged_into_it:
+                    activity = tuple(
+                        Activity(event_id, kind, as_utc(datetime.fromisoformat(at)), summary)
+                        for event_id, kind, at, summary in row.recent
+                    )
+                    return StoredProfile(
+                        ProfileState.from_document(row.state), as_utc(row.updated_at), activity, customer_id=customer_id
+                    )
             found = await _state_row(connection, customer_id)
             if found is None:
                 return None
