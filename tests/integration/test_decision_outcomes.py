@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 from datetime import UTC, datetime
 
 import grpc
@@ -16,6 +15,7 @@ from sqlalchemy import func, select
 from libs.protoconv import to_timestamp
 from services.decision.storage import outcomes
 from tests.integration.decision_fakes import EMAIL, WEB, start_mesh, write_catalogue
+from tests.integration.polling import until
 
 pytestmark = pytest.mark.integration
 
@@ -30,19 +30,6 @@ async def decide(mesh, email: str = "ann@example.com") -> pb.DecideResponse:
 async def outcome_count(mesh) -> int:
     async with mesh.repository.engine.connect() as conn:
         return (await conn.execute(select(func.count()).select_from(outcomes))).scalar_one()
-
-
-async def eventually(check, timeout: float = 5.0) -> None:
-    """Wait until `check()` (sync or async) is true; the outbox works in the background."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def forwarded(mesh, *outcome_ids: str) -> bool:
@@ -71,13 +58,13 @@ async def test_outcome_is_recorded_once_and_forwarded_to_the_profile(database_ur
         decision.decision_id, offer_id, "purchase", 84.5, "c-ann")  # the duplicate changed nothing
     assert row["occurred_at"].replace(tzinfo=UTC) == occurred
 
-    await eventually(lambda: "outcome:o-1" in mesh.profile.events)
+    await until(lambda: "outcome:o-1" in mesh.profile.events)
     event = mesh.profile.events["outcome:o-1"]
     assert event.customer_id == "c-ann" and event.source == "decision"
     assert event.occurred_at.ToDatetime(tzinfo=UTC) == occurred
     assert (event.offer_response.decision_id, event.offer_response.offer_id, event.offer_response.response) == (
         decision.decision_id, offer_id, profile_pb.OFFER_RESPONSE_TYPE_PURCHASE)
-    await eventually(lambda: forwarded(mesh, "o-1"))  # marked right after the send
+    await until(lambda: forwarded(mesh, "o-1"))  # marked right after the send
     assert len(mesh.profile.events) == 1
 
 
@@ -110,13 +97,13 @@ async def test_failed_forwarding_is_retried_and_applied_once(database_url, serve
         await mesh.stub.RecordOutcome(pb.RecordOutcomeRequest(
             outcome_id=f"o-{n}", decision_id=decision.decision_id, offer_id=decision.offers[0].offer_id,
             type=pb.OUTCOME_TYPE_IMPRESSION), timeout=5)
-    await eventually(lambda: mesh.profile.ingest_calls >= 2)  # tried, failed, tried again
+    await until(lambda: mesh.profile.ingest_calls >= 2)  # tried, failed, tried again
     assert mesh.profile.events == {}
     assert not await forwarded(mesh, "o-0") and not await forwarded(mesh, "o-2")
 
     mesh.profile.ingest.fail = None
-    await eventually(lambda: len(mesh.profile.events) == 3)
-    await eventually(lambda: forwarded(mesh, "o-0", "o-1", "o-2"))
+    await until(lambda: len(mesh.profile.events) == 3)
+    await until(lambda: forwarded(mesh, "o-0", "o-1", "o-2"))
     notes = [(await mesh.repository.outcome(f"o-{n}"))["forward_note"] for n in range(3)]
     assert notes == [None, None, None]
     calls = mesh.profile.ingest_calls
