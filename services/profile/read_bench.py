@@ -9,7 +9,9 @@
    and hands the samples back when it stops.
 3. Drives reads at a fixed open-loop rate (`--rate`, half GetProfile with a read mask of traits, segments, model
    traits and recent activity, half GetFeatures), customers drawn from a Zipf law, while a second task ingests
-   events (`--ingest-rate`, in batches of `--ingest-batch`) for Zipf-drawn customers.
+   events (`--ingest-rate`, in batches of `--ingest-batch`) for customers of the same popularity (the most read
+   are the most written). With `--ingest-replica` (PostgreSQL) the events go to a second profile process, as a
+   deployment with an ingest replica would send them; the read replica learns of them by NOTIFY.
 4. Prints the server-side p50 / p99 / max per method after `--warmup` seconds, the read and ingest rates achieved,
    and checks that every accepted event is stored once and applied once (the stored orders grew by exactly the
    accepted purchases).
@@ -216,13 +218,15 @@ async def _load(engine, customers: int) -> int:
 
 
 def _zipf_picker(customers: int, exponent: float, seed: int):
-    """Draws customer ids with Zipf popularity (rank k has weight 1/k^s), popular ranks scattered over the ids."""
+    """Draws customer ids with Zipf popularity (rank k has weight 1/k^s), popular ranks scattered over the ids.
+    The popularity order is the same for every picker (the customers who are read most are the ones who act
+    most: their reads meet their own fresh writes); `seed` only varies the draws."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     weights = 1.0 / np.arange(1, customers + 1) ** exponent
     cumulative = np.cumsum(weights / weights.sum())
-    shuffled = rng.permutation(customers)
+    shuffled = np.random.default_rng(0).permutation(customers)
 
     def pick(n: int) -> list[str]:
         ranks = np.minimum(np.searchsorted(cumulative, rng.random(n)), customers - 1)
@@ -247,7 +251,7 @@ def _percentiles(samples: list[float]) -> str:
     return f"p50 {cuts[49]:.2f} ms, p99 {cuts[98]:.2f} ms, max {max(samples):.2f} ms ({len(samples)} calls)"
 
 
-async def _drive(port: int, options, server: subprocess.Popen) -> dict[str, float]:
+async def _drive(port: int, ingest_port: int, options, server: subprocess.Popen) -> dict[str, float]:
     import grpc
     from google.protobuf.duration_pb2 import Duration
     from google.protobuf.field_mask_pb2 import FieldMask
@@ -273,8 +277,9 @@ async def _drive(port: int, options, server: subprocess.Popen) -> dict[str, floa
     }
     errors: dict[str, int] = {}
 
-    async with open_channel(f"127.0.0.1:{port}") as channel:
+    async with open_channel(f"127.0.0.1:{port}") as channel, open_channel(f"127.0.0.1:{ingest_port}") as writes:
         stub = pb_grpc.ProfileServiceStub(channel)
+        ingest_stub = pb_grpc.ProfileServiceStub(writes)
         started = time.monotonic()
         measuring_from = started + options.warmup
 
@@ -351,7 +356,7 @@ async def _drive(port: int, options, server: subprocess.Popen) -> dict[str, floa
             await asyncio.gather(*pending)
 
         async def send(events: list, purchases: int) -> None:
-            reply = await stub.IngestEvents(pb.IngestEventsRequest(events=events), timeout=30)
+            reply = await ingest_stub.IngestEvents(pb.IngestEventsRequest(events=events), timeout=30)
             counts["sent"] += len(events)
             counts["accepted"] += reply.accepted
             counts["duplicates"] += reply.duplicates
@@ -374,7 +379,7 @@ async def _drive(port: int, options, server: subprocess.Popen) -> dict[str, floa
     return counts
 
 
-async def _verify(engine, orders_loaded: int, counts: dict[str, float]) -> None:
+async def _verify(engine, orders_loaded: int, counts: dict[str, float]) -> bool:
     from sqlalchemy import func, select, text
 
     from services.profile.storage import profile_events
@@ -396,6 +401,7 @@ async def _verify(engine, orders_loaded: int, counts: dict[str, float]) -> None:
         f"{counts['purchases']} purchases accepted, {applied_purchases} applied to states: "
         f"{'every accepted event stored and applied once' if ok else 'MISMATCH'}"
     )
+    return ok
 
 
 async def _database(url: str, tmp: Path) -> tuple[str, str | None]:
@@ -434,6 +440,11 @@ def main() -> int:
     parser.add_argument("--ingest-rate", type=float, default=1_000.0, help="events per second ingested meanwhile")
     parser.add_argument("--ingest-batch", type=int, default=50)
     parser.add_argument("--ingest-in-flight", type=int, default=4, help="most IngestEvents calls under way at once")
+    parser.add_argument(
+        "--ingest-replica",
+        action="store_true",
+        help="ingest through a second profile process (PostgreSQL): reads and writes on separate event loops",
+    )
     parser.add_argument("--zipf", type=float, default=1.1, help="popularity exponent of the customers drawn")
     parser.add_argument(
         "--database-url",
@@ -444,6 +455,8 @@ def main() -> int:
     parser.add_argument("--port-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--samples-file", type=Path, help=argparse.SUPPRESS)
     options = parser.parse_args()
+    if options.ingest_replica and options.database_url == "sqlite":
+        parser.error("--ingest-replica needs PostgreSQL: replicas learn of each other's writes by NOTIFY")
     if options.serve:
         from libs.server import run_loop
 
@@ -453,13 +466,28 @@ def main() -> int:
         return asyncio.run(_bench(options, Path(tmp)))
 
 
+def _child(port_file: Path, samples_file: Path, env: dict[str, str]) -> subprocess.Popen:
+    command = ["--serve", "--port-file", str(port_file), "--samples-file", str(samples_file)]
+    return subprocess.Popen([sys.executable, "-m", "services.profile.read_bench", *command], env=env)
+
+
+async def _port(child: subprocess.Popen, port_file: Path) -> int:
+    """The port the child serves on once it is up; 0 if it failed to start within a minute."""
+    deadline = time.monotonic() + 60
+    while not port_file.exists() or not port_file.read_text():
+        if child.poll() is not None or time.monotonic() > deadline:
+            return 0
+        await asyncio.sleep(0.1)
+    return int(port_file.read_text())
+
+
 async def _bench(options, tmp: Path) -> int:
     from libs.db import create_engine
     from services.profile.app import migrate_schema
 
     url, dropped = await _database(options.database_url, tmp)
     engine = create_engine(url)
-    server = None
+    server = ingest_server = None
     try:
         await migrate_schema(engine)
         started = time.perf_counter()
@@ -480,28 +508,19 @@ async def _bench(options, tmp: Path) -> int:
             "NEXTBEST_PROFILE_LINEAGE_POLL_SECONDS": "3600",
             "NEXTBEST_PROFILE_SEGMENT_SWEEP_SECONDS": "0",
         }
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "services.profile.read_bench",
-                "--serve",
-                "--port-file",
-                str(port_file),
-                "--samples-file",
-                str(samples_file),
-            ],
-            env=env,
-        )
-        deadline = time.monotonic() + 60
-        while not port_file.exists() or not port_file.read_text():
-            if server.poll() is not None or time.monotonic() > deadline:
-                print("the profile service did not start", file=sys.stderr)
-                return 1
-            await asyncio.sleep(0.1)
-        counts = await _drive(int(port_file.read_text()), options, server)
-        server.send_signal(signal.SIGTERM)
-        await asyncio.to_thread(server.wait, 30)
+        server = _child(port_file, samples_file, env)
+        ingest_server = _child(tmp / "ingest-port", tmp / "ingest-samples.json", env) if options.ingest_replica else None
+        ingest_port = port = await _port(server, port_file)
+        if ingest_server is not None:
+            ingest_port = await _port(ingest_server, tmp / "ingest-port")
+        if not port or not ingest_port:
+            print("the profile service did not start", file=sys.stderr)
+            return 1
+        counts = await _drive(port, ingest_port, options, server)
+        for child in (server, ingest_server):
+            if child is not None:
+                child.send_signal(signal.SIGTERM)
+                await asyncio.to_thread(child.wait, 30)
         samples = json.loads(samples_file.read_text())
         elapsed = counts["elapsed"]
         print(
@@ -525,12 +544,12 @@ async def _bench(options, tmp: Path) -> int:
             f"ingest achieved {counts['measured_accepted'] / elapsed:.0f} events/s "
             f"(offered {options.ingest_rate:.0f}/s)"
         )
-        await _verify(engine, orders, counts)
-        return 0
+        return 0 if await _verify(engine, orders, counts) else 1
     finally:
-        if server is not None and server.poll() is None:
-            server.kill()
-            server.wait()
+        for child in (server, ingest_server):
+            if child is not None and child.poll() is None:
+                child.kill()
+                child.wait()
         await engine.dispose()
         if dropped:
             await _drop(options.database_url, dropped)

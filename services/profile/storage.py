@@ -20,11 +20,11 @@ customers' states in the same global order as ingest.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -118,6 +118,8 @@ profile_aliases = Table(
     Index("ix_profile_aliases_survivor_id", "survivor_id"),
 )
 
+#: States encoded between two yields to the event loop when a transaction saves them.
+ENCODE_SLICE = 100
 #: The PostgreSQL channel of committed profile changes (see `libs.changefeed.notify`).
 CHANGES_CHANNEL = "nextbest_profile_changes"
 
@@ -167,14 +169,32 @@ class StateCache:
             self._states.popitem(last=False)
 
 
-@dataclass(frozen=True, slots=True)
 class CachedProfile:
-    """A committed profile as reads see it. The state is this entry's own copy: never handed to a transaction."""
+    """A committed profile as reads see it. The state is this entry's own copy: never handed to a transaction.
+    One written through at commit holds the saved document as JSON and decodes it when first read: a customer
+    written more often than read is not decoded at every commit (that work also held reads up)."""
 
-    state: ProfileState
-    updated_at: datetime
-    #: The newest events (at most the service's `recent_activity`), or None when no read has asked for them.
-    activity: tuple[Activity, ...] | None
+    __slots__ = ("_state", "_saved", "updated_at", "activity")
+
+    def __init__(self, state: ProfileState | None, updated_at: datetime, activity: tuple[Activity, ...] | None,
+                 saved: bytes = b"") -> None:
+        self._state = state
+        self._saved = saved
+        self.updated_at = updated_at
+        #: The newest events (at most the service's `recent_activity`), or None when no read has asked for them.
+        self.activity = activity
+
+    @classmethod
+    def saved(cls, document: Mapping[str, Any], updated_at: datetime, activity: tuple[Activity, ...] | None):
+        # Through the column's serializer: decoded, it is exactly what a read of the database would give.
+        return cls(None, updated_at, activity, orjson.dumps(document))
+
+    @property
+    def state(self) -> ProfileState:
+        if self._state is None:
+            self._state = ProfileState.from_document(orjson.loads(self._saved))
+            self._saved = b""
+        return self._state
 
 
 def _newest_first(activity: Activity) -> tuple[datetime, str]:
@@ -247,14 +267,12 @@ class ReadCache:
             self._loading.pop(customer_id, None)
             entry = self._entries.get(customer_id)
             if entry is None:
-                continue  # nobody read it lately: no need to decode it
+                continue  # nobody read it lately: no need to keep it
             activity = entry.activity
             if activity is not None and events.get(customer_id):
                 merged = sorted((*activity, *events[customer_id]), key=_newest_first, reverse=True)
                 activity = tuple(merged[: self._activity_limit])
-            # A round trip through the column's serializer gives a copy exactly as a read would decode it.
-            state = ProfileState.from_document(orjson.loads(orjson.dumps(document)))
-            self._entries[customer_id] = CachedProfile(state, at, activity)
+            self._entries[customer_id] = CachedProfile.saved(document, at, activity)
 
     def invalidate(self, customer_ids: Iterable[str] | None = None) -> None:
         """Forget these customers (None: everyone), including reads of them in flight."""
@@ -464,7 +482,11 @@ class SqlIngestTransaction:
         return states
 
     async def save_states(self, states: Mapping[str, ProfileState], now: datetime) -> None:
-        documents = {customer_id: state.to_document() for customer_id, state in states.items()}
+        documents = {}
+        for n, (customer_id, state) in enumerate(states.items(), 1):
+            documents[customer_id] = state.to_document()
+            if n % ENCODE_SLICE == 0:
+                await asyncio.sleep(0)  # let reads in between slices (a big transaction encodes for milliseconds)
         if self._statements.postgres:
             await self._connection.execute(
                 _PG_SAVE_STATES,

@@ -133,6 +133,22 @@ def test_a_commit_replaces_a_cached_state_with_its_own_copy_of_the_saved_documen
     assert cache.get("c-1", with_activity=False).state.order_count == 2
 
 
+def test_a_written_through_state_is_the_document_as_committed_even_when_first_read_later():
+    # The entry keeps the saved document's JSON and decodes it at its first read, once.
+    cache = ReadCache(max_entries=10, activity_limit=5)
+    first = purchase("e-1", 5, amount=10.0)
+    read(cache, "c-1", entry(first))
+    second = purchase("e-2", 1, amount=30.0)
+    document = folded(first, second).to_document()
+    cache.committed({"c-1": document}, {"c-1": activity(second)}, NOW)
+    document["order_count"] = 99  # the transaction's document changing before anyone read the entry
+    document["purchase_amounts"].append(1000.0)
+
+    got = cache.get("c-1", with_activity=False)
+    assert got.state == folded(first, second)
+    assert cache.get("c-1", with_activity=True).state is got.state
+
+
 def test_a_commit_merges_its_events_into_the_cached_activity_newest_first_up_to_the_limit():
     cache = ReadCache(max_entries=10, activity_limit=3)
     old = [purchase("e-1", 10), view("e-3", 6)]
