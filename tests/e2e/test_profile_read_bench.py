@@ -24,6 +24,7 @@ def _checked(out: str) -> None:
     assert "(0 failed)" in out
     assert "every accepted event stored and applied once" in out
     assert "GetProfile: p50" in out and "GetFeatures: p50" in out and "read cache:" in out
+    assert "of which cache misses, their database read: p50" in out
 
 
 def test_on_sqlite():
