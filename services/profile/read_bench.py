@@ -44,8 +44,22 @@ READ_MASK = ["customer_id", "traits", "segments", "model_traits", "recent_activi
 # ---------------------------------------------------------------------------------------------- the child server
 
 
+def _timed(call, kept: list[float]):
+    """`call` (a coroutine function), appending the milliseconds each call took to `kept`."""
+
+    async def timed(*args):
+        started = time.perf_counter()
+        try:
+            return await call(*args)
+        finally:
+            kept.append((time.perf_counter() - started) * 1000)
+
+    return timed
+
+
 async def _serve(port_file: Path, samples_file: Path) -> None:
-    """The profile service with its two read handlers timed; SIGUSR1 clears the samples, SIGTERM ends it."""
+    """The profile service with its two read handlers (and its cache misses) timed; SIGUSR1 clears the samples,
+    SIGTERM ends it."""
     from libs.server import GrpcServer, freeze_startup_objects
     from libs.settings import load_settings
     from services.profile.app import build
@@ -53,31 +67,12 @@ async def _serve(port_file: Path, samples_file: Path) -> None:
 
     app = build(load_settings(ProfileSettings))
     servicer = app.registrations[0].servicer
-    samples: dict[str, list[float]] = {"GetProfile": [], "GetFeatures": []}
-    for method, kept in samples.items():
-        handler = getattr(servicer, method)
-
-        async def timed(request, context, handler=handler, kept=kept):
-            started = time.perf_counter()
-            try:
-                return await handler(request, context)
-            finally:
-                kept.append((time.perf_counter() - started) * 1000)
-
-        setattr(servicer, method, timed)  # registered from the instance when the server starts
-    # The misses' database reads on their own (the read-through of the read cache), where the tail usually is.
     repository = app.parts["repository"]
-    read_through = repository._read_through
-    samples["misses"] = []
-
-    async def timed_miss(customer_id, recent_activity, kept=samples["misses"]):
-        started = time.perf_counter()
-        try:
-            return await read_through(customer_id, recent_activity)
-        finally:
-            kept.append((time.perf_counter() - started) * 1000)
-
-    repository._read_through = timed_miss
+    samples: dict[str, list[float]] = {"GetProfile": [], "GetFeatures": [], "misses": []}
+    for method in ("GetProfile", "GetFeatures"):  # registered from the instance when the server starts
+        setattr(servicer, method, _timed(getattr(servicer, method), samples[method]))
+    # The misses' database reads on their own (the read cache's read-through), where the tail usually is.
+    repository._read_through = _timed(repository._read_through, samples["misses"])
     server = GrpcServer(app, "127.0.0.1", 0, grace=1.0)
     port = await server.start()
     freeze_startup_objects()  # as a service process does (libs.server.serve)
