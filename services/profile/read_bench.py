@@ -517,7 +517,9 @@ async def _bench(options, tmp: Path) -> int:
             "NEXTBEST_PROFILE_SEGMENT_SWEEP_SECONDS": "0",
         }
         server = _child(port_file, samples_file, env)
-        ingest_server = _child(tmp / "ingest-port", tmp / "ingest-samples.json", env) if options.ingest_replica else None
+        ingest_server = None
+        if options.ingest_replica:
+            ingest_server = _child(tmp / "ingest-port", tmp / "ingest-samples.json", env)
         ingest_port = port = await _port(server, port_file)
         if ingest_server is not None:
             ingest_port = await _port(ingest_server, tmp / "ingest-port")

@@ -177,7 +177,7 @@ class CachedProfile:
     __slots__ = ("_state", "_saved", "updated_at", "activity")
 
     def __init__(self, state: ProfileState | None, updated_at: datetime, activity: tuple[Activity, ...] | None,
-                 saved: bytes = b"") -> None:
+                 saved: str = "") -> None:
         self._state = state
         self._saved = saved
         self.updated_at = updated_at
@@ -185,15 +185,15 @@ class CachedProfile:
         self.activity = activity
 
     @classmethod
-    def saved(cls, document: Mapping[str, Any], updated_at: datetime, activity: tuple[Activity, ...] | None):
-        # Through the column's serializer: decoded, it is exactly what a read of the database would give.
-        return cls(None, updated_at, activity, orjson.dumps(document))
+    def saved(cls, document: str, updated_at: datetime, activity: tuple[Activity, ...] | None):
+        """From the JSON text the state was saved as: decoded, exactly what a read of the database would give."""
+        return cls(None, updated_at, activity, document)
 
     @property
     def state(self) -> ProfileState:
         if self._state is None:
             self._state = ProfileState.from_document(orjson.loads(self._saved))
-            self._saved = b""
+            self._saved = ""
         return self._state
 
 
@@ -205,10 +205,10 @@ class ReadCache:
     """Committed profiles by customer id, so that reading a hot customer costs no database round trip.
 
     Never stale after a write this process committed: a committing ingest replaces the entries of the states it
-    saved (write-through, with a copy decoded from the saved document and the new events merged into the recent
-    activity); any other committed change of shape (a merge, unmerge or erasure) empties the cache; and a read that
-    was loading while a write committed does not keep what it loaded, since it may predate the write. Only the
-    profiles of customers that are not merged into another are kept.
+    saved (write-through: the saved document's JSON text, decoded into the entry's own copy when first read, and the
+    new events merged into the recent activity); any other committed change of shape (a merge, unmerge or erasure)
+    empties the cache; and a read that was loading while a write committed does not keep what it loaded, since it
+    may predate the write. Only the profiles of customers that are not merged into another are kept.
 
     Other replicas' writes (PostgreSQL) drop their customers when their NOTIFY arrives, milliseconds after their
     commit. `session()` says which LISTEN session vouches for that (None: none does, so nothing is served or kept);
@@ -259,10 +259,9 @@ class ReadCache:
         if entry is not None and self._max_entries > 0 and vouched:
             self._put(customer_id, entry)
 
-    def committed(
-        self, documents: Mapping[str, dict[str, Any]], events: Mapping[str, Sequence[Activity]], at: datetime
-    ) -> None:
-        """An ingest committed: these states were saved (with these new events, by whose state they joined)."""
+    def committed(self, documents: Mapping[str, str], events: Mapping[str, Sequence[Activity]], at: datetime) -> None:
+        """An ingest committed: these states were saved (as this JSON text, with these new events, by whose state
+        they joined)."""
         for customer_id, document in documents.items():
             self._loading.pop(customer_id, None)
             entry = self._entries.get(customer_id)
@@ -389,8 +388,8 @@ class SqlIngestTransaction:
         self._locked: dict[str, int] = {}  # customer -> row version under this transaction's lock
         #: What this transaction wrote: customer -> (new row version, state); cached once it commits.
         self.saved: dict[str, tuple[int, ProfileState]] = {}
-        #: The saved states' documents and the events stored here, for the read cache once this commits.
-        self.documents: dict[str, dict[str, Any]] = {}
+        #: The saved states' documents as JSON text and the events stored here, for the read cache once this commits.
+        self.documents: dict[str, str] = {}
         self._stored: list[EventRecord] = []
         self._roots: dict[str, str] = {}
         self.saved_at: datetime | None = None
@@ -408,7 +407,8 @@ class SqlIngestTransaction:
         for record in self._stored:
             event = record.event
             owner = self._roots.get(event.customer_id, event.customer_id)
-            by_owner.setdefault(owner, []).append(Activity(event.event_id, event.kind, event.occurred_at, record.summary))
+            activity = Activity(event.event_id, event.kind, event.occurred_at, record.summary)
+            by_owner.setdefault(owner, []).append(activity)
         return by_owner
 
     async def add_events(self, records: Sequence[EventRecord]) -> set[str]:
@@ -482,9 +482,11 @@ class SqlIngestTransaction:
         return states
 
     async def save_states(self, states: Mapping[str, ProfileState], now: datetime) -> None:
-        documents = {}
+        documents: dict[str, dict[str, Any]] = {}
+        encoded: dict[str, str] = {}  # once: the PostgreSQL statement's parameter and the read cache's copy
         for n, (customer_id, state) in enumerate(states.items(), 1):
             documents[customer_id] = state.to_document()
+            encoded[customer_id] = orjson.dumps(documents[customer_id]).decode()
             if n % ENCODE_SLICE == 0:
                 await asyncio.sleep(0)  # let reads in between slices (a big transaction encodes for milliseconds)
         if self._statements.postgres:
@@ -492,7 +494,7 @@ class SqlIngestTransaction:
                 _PG_SAVE_STATES,
                 {
                     "customer_ids": list(states),
-                    "states": [orjson.dumps(document).decode() for document in documents.values()],
+                    "states": list(encoded.values()),
                     "first_seen_at": [state.first_seen_at for state in states.values()],
                     "now": now,
                 },
@@ -509,7 +511,7 @@ class SqlIngestTransaction:
                 for customer_id, state in states.items()
             ]
             await self._connection.execute(self._statements.save_states, rows)
-        self.documents.update(documents)
+        self.documents.update(encoded)
         self.saved_at = now
         self.saved.update(
             (customer_id, (self._locked.get(customer_id, 0) + 1, state)) for customer_id, state in states.items()
@@ -714,10 +716,13 @@ class SqlProfileRepository:
         session: Callable[[], int | None] = lambda: 0  # noqa: E731 - SQLite: one process writes
         if engine.dialect.name == "postgresql":
             relay = self.relay = PostgresRelay(
-                engine, CHANGES_CHANNEL, self.changes, origin=self.origin, on_notify=lambda ids: self.reads.invalidate(ids)
+                engine, CHANGES_CHANNEL, self.changes, origin=self.origin, on_notify=self._changed_elsewhere
             )
             session = lambda: relay.session  # noqa: E731
         self.reads = ReadCache(cached_reads, recent_activity, session=session)
+
+    def _changed_elsewhere(self, customer_ids: list[str]) -> None:
+        self.reads.invalidate(customer_ids)  # another replica committed changes of these customers
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqlIngestTransaction]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 
 from services.profile.domain import AcceptedEvent, Activity, ProfileState
@@ -39,6 +40,11 @@ def activity(*events: AcceptedEvent) -> tuple[Activity, ...]:
     return tuple(Activity(e.event_id, e.kind, e.occurred_at, summarize(e.payload)) for e in ordered)
 
 
+def encoded(document: dict) -> str:
+    """A saved document as the transaction hands it to the cache: the JSON text it was stored as."""
+    return orjson.dumps(document).decode()
+
+
 def entry(*events: AcceptedEvent, with_activity: bool = True) -> CachedProfile:
     return CachedProfile(folded(*events), NOW, activity(*events) if with_activity else None)
 
@@ -71,7 +77,7 @@ def test_a_read_that_found_nothing_keeps_nothing():
 @pytest.mark.parametrize(
     "meanwhile",
     [
-        pytest.param(lambda cache: cache.committed({"c-1": folded().to_document()}, {}, NOW), id="commit"),
+        pytest.param(lambda cache: cache.committed({"c-1": encoded(folded().to_document())}, {}, NOW), id="commit"),
         pytest.param(lambda cache: cache.invalidate(["c-1"]), id="invalidate-customer"),
         pytest.param(lambda cache: cache.invalidate(), id="invalidate-all"),
     ],
@@ -93,7 +99,7 @@ def test_a_change_of_another_customer_does_not_stop_a_read_from_being_kept():
     cache = ReadCache(max_entries=10, activity_limit=3)
     assert cache.get("c-1", with_activity=True) is None  # a read loads only after a miss
     token = cache.loading("c-1")
-    cache.committed({"c-2": folded().to_document()}, {}, NOW)
+    cache.committed({"c-2": encoded(folded().to_document())}, {}, NOW)
     cache.invalidate(["c-3"])
     kept = entry(purchase("e-1", 5))
     cache.keep("c-1", token, kept)
@@ -119,7 +125,7 @@ def test_a_commit_replaces_a_cached_state_with_its_own_copy_of_the_saved_documen
     state = folded(first, second)
     document = state.to_document()
     at = NOW + timedelta(minutes=1)
-    cache.committed({"c-1": document}, {"c-1": activity(second)}, at)
+    cache.committed({"c-1": encoded(document)}, {"c-1": activity(second)}, at)
 
     got = cache.get("c-1", with_activity=True)
     assert got is not None
@@ -140,7 +146,7 @@ def test_a_written_through_state_is_the_document_as_committed_even_when_first_re
     read(cache, "c-1", entry(first))
     second = purchase("e-2", 1, amount=30.0)
     document = folded(first, second).to_document()
-    cache.committed({"c-1": document}, {"c-1": activity(second)}, NOW)
+    cache.committed({"c-1": encoded(document)}, {"c-1": activity(second)}, NOW)
     document["order_count"] = 99  # the transaction's document changing before anyone read the entry
     document["purchase_amounts"].append(1000.0)
 
@@ -154,7 +160,7 @@ def test_a_commit_merges_its_events_into_the_cached_activity_newest_first_up_to_
     old = [purchase("e-1", 10), view("e-3", 6)]
     read(cache, "c-1", entry(*old))
     new = [view("e-4", 2), purchase("e-2", 8), view("e-0", 12)]  # newer, between and older than the cached ones
-    cache.committed({"c-1": folded(*old, *new).to_document()}, {"c-1": list(activity(*new))}, NOW)
+    cache.committed({"c-1": encoded(folded(*old, *new).to_document())}, {"c-1": list(activity(*new))}, NOW)
     got = cache.get("c-1", with_activity=True)
     assert got is not None
     assert [a.event_id for a in got.activity] == ["e-4", "e-3", "e-2"]
@@ -165,7 +171,7 @@ def test_events_at_the_same_instant_are_ordered_by_event_id_as_the_database_orde
     cache = ReadCache(max_entries=10, activity_limit=4)
     read(cache, "c-1", entry(view("e-b", 3)))
     new = [view("e-a", 3), view("e-c", 3)]
-    cache.committed({"c-1": folded().to_document()}, {"c-1": list(activity(*new))}, NOW)
+    cache.committed({"c-1": encoded(folded().to_document())}, {"c-1": list(activity(*new))}, NOW)
     assert [a.event_id for a in cache.get("c-1", with_activity=True).activity] == ["e-c", "e-b", "e-a"]
 
 
@@ -174,7 +180,9 @@ def test_a_commit_without_events_for_a_customer_keeps_its_cached_activity():
     cache = ReadCache(max_entries=10, activity_limit=3)
     cached = entry(purchase("e-1", 5))
     read(cache, "c-1", cached)
-    cache.committed({"c-1": folded(purchase("e-1", 5)).to_document()}, {"c-2": list(activity(view("x", 1)))}, NOW)
+    cache.committed(
+        {"c-1": encoded(folded(purchase("e-1", 5)).to_document())}, {"c-2": list(activity(view("x", 1)))}, NOW
+    )
     assert cache.get("c-1", with_activity=True).activity == cached.activity
 
 
@@ -182,7 +190,10 @@ def test_a_commit_does_not_add_customers_nobody_read():
     cache = ReadCache(max_entries=10, activity_limit=3)
     read(cache, "c-1", entry(purchase("e-1", 5)))
     cache.committed(
-        {"c-1": folded().to_document(), "c-2": folded(purchase("e-9", 1, customer_id="c-2")).to_document()},
+        {
+            "c-1": encoded(folded().to_document()),
+            "c-2": encoded(folded(purchase("e-9", 1, customer_id="c-2")).to_document()),
+        },
         {"c-2": list(activity(purchase("e-9", 1, customer_id="c-2")))},
         NOW,
     )
@@ -196,7 +207,7 @@ def test_an_entry_kept_without_activity_serves_reads_without_activity_only_even_
     assert cache.get("c-1", with_activity=True) is None
     assert cache.get("c-1", with_activity=False) is not None
     new = purchase("e-2", 1)
-    cache.committed({"c-1": folded(purchase("e-1", 5), new).to_document()}, {"c-1": list(activity(new))}, NOW)
+    cache.committed({"c-1": encoded(folded(purchase("e-1", 5), new).to_document())}, {"c-1": list(activity(new))}, NOW)
     # Only the newest events are known, not the customer's whole recent activity: still not served.
     assert cache.get("c-1", with_activity=True) is None
     got = cache.get("c-1", with_activity=False)
