@@ -22,6 +22,7 @@ class ScriptedIdentity(pb_grpc.IdentityServiceServicer):
 
     def __init__(self) -> None:
         self.release = asyncio.Event()
+        self.entered = asyncio.Event()  # a slow call has reached the servicer
 
     async def Resolve(self, request, context):
         kind = request.identifiers[0].value if request.identifiers else ""
@@ -32,6 +33,7 @@ class ScriptedIdentity(pb_grpc.IdentityServiceServicer):
         if kind == "boom":
             raise RuntimeError("secret internals /etc/passwd")
         if kind == "slow":
+            self.entered.set()
             await self.release.wait()
         return pb.ResolveResponse(customer_id="c-1")
 
@@ -94,7 +96,8 @@ async def test_stop_drains_in_flight_calls_and_reports_not_serving():
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.IdentityServiceStub(channel)
         in_flight = asyncio.ensure_future(stub.Resolve(_request("slow"), timeout=5))
-        await asyncio.sleep(0.1)
+        # Wait for the call to be running (on a busy machine connecting alone can take longer than any fixed sleep).
+        await asyncio.wait_for(servicer.entered.wait(), timeout=5)
         stopping = asyncio.create_task(server.stop())
         await asyncio.sleep(0.1)
         servicer.release.set()
