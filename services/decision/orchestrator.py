@@ -64,7 +64,7 @@ from services.decision.features import offer_features
 from services.decision.gateways import DependencyError, Gateways
 from services.decision.metrics import DecisionMetrics
 from services.decision.stock import StockReader
-from services.decision.storage import ContactRow, DecisionRepository
+from services.decision.storage import DecisionRepository
 
 log = logging.getLogger("nextbest.decision")
 T = TypeVar("T")
@@ -181,23 +181,6 @@ def _spent(budget: BudgetCap, accepts: int, spend: float) -> bool:
     return (budget.max_accepts is not None and accepts >= budget.max_accepts) or (
         budget.max_spend is not None and spend >= budget.max_spend
     )
-
-
-def _shown(rows: list[ContactRow]) -> list[contact.Shown]:
-    """Joined (decision, outcome) rows -> one Shown per offer a decision returned, with its outcomes."""
-    outcomes: dict[tuple[str, str], list[tuple[str, datetime]]] = {}
-    decisions: dict[str, ContactRow] = {}
-    for row in rows:
-        decisions.setdefault(row.decision_id, row)
-        if row.outcome_offer_id is not None:
-            outcomes.setdefault((row.decision_id, row.outcome_offer_id), []).append(
-                (row.outcome_type, row.occurred_at)
-            )
-    return [
-        contact.Shown(offer_id, row.channel, row.created_at, tuple(outcomes.get((decision_id, offer_id), ())))
-        for decision_id, row in decisions.items()
-        for offer_id in row.offer_ids
-    ]
 
 
 class DecisionService:
@@ -481,7 +464,7 @@ class DecisionService:
     ) -> dict[str, tuple[str, str]]:
         """Offers removed by a spent budget or by the customer's contact history.
 
-        The history is one indexed query of the customer's recent decisions and their outcomes, run in parallel
+        The history is one aggregate query of the customer's recent decisions and their outcomes, run in parallel
         with scoring and inventory (so it adds no latency unless the database is the slowest dependency), and only
         when the catalogue has contact policies and the customer is known. Reading the log rather than keeping
         per-customer counters in this process keeps every replica exact and needs no rebuild on start.
@@ -491,7 +474,9 @@ class DecisionService:
         if lookback is None or not limited or not customer.customer_id:
             return removals
         try:
-            rows = await self.repository.contact_history(customer.customer_id, now - lookback)
+            history = await self.repository.contacts(
+                customer.customer_id, channel, [o.id for o in limited], now, now - lookback, self.policy.ignore_after
+            )
         except NextBestError as exc:
             # Without the history the caps cannot be checked: leave the capped offers out (never over-contact).
             log.warning("contact history unavailable: %s", exc)
@@ -499,7 +484,7 @@ class DecisionService:
             degraded.append("contact_history_unavailable")
             removals.update({o.id: ("contact_history_unknown", "contact history unreadable") for o in limited})
             return removals
-        removals.update(contact.blocked(limited, channel, _shown(rows), now, self.policy.ignore_after))
+        removals.update(contact.blocked(limited, channel, history, now))
         return removals
 
     async def _stock(self, channel: str, ctx: Context, product_ids: list[str], timeout: float) -> list[StockLevel]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -40,6 +39,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    text,
     true,
     update,
 )
@@ -48,6 +48,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from libs.cancellation import uncancelled
 from libs.db import as_utc, insert_for, reader, translate_errors
+from services.decision.domain.contact import DAY, RESPONSES, WEEK, Contacts
 from services.decision.domain.experiment import CONTROL, TREATMENT
 from services.decision.domain.lineage import LoggedDecision, LoggedOutcome
 from services.decision.domain.model import PendingOutcome
@@ -73,6 +74,8 @@ decisions = Table(
     Column("segments", JSON, nullable=True),
     #: Milliseconds from the request's arrival to the decision being ready to log (migration 0004; NULL before it).
     Column("latency_ms", Float, nullable=True),
+    #: The ids of `offers`, for the contact-policy counts (migration 0006; NULL for decisions logged before it).
+    Column("offer_ids", JSON, nullable=True),
 )
 Index("ix_decision_decisions_customer_created", decisions.c.customer_id, decisions.c.created_at)
 Index("ix_decision_decisions_created", decisions.c.created_at)
@@ -135,40 +138,52 @@ LINEAGE_SOURCE = "identity"
 IN_CHUNK = 500
 
 
-@dataclass(frozen=True)
-class ContactRow:
-    """One past decision of the customer joined to one of its outcomes (the outcome fields are None if none)."""
+#: What a customer's decisions in the look-back window say about some offers (`domain.contact.Contacts`), counted in
+#: the database: one row per offer however long the history, on the (customer_id, created_at) index, each shown offer
+#: with its outcomes found on their decision_id index. The ids of the offers a decision returned are expanded from
+#: its narrow JSON column (from its `offers` for a decision logged before migration 0006), so the statement has a
+#: PostgreSQL and a SQLite spelling of that one step.
+_CONTACTS = """
+SELECT s.offer_id,
+       count(*) FILTER (WHERE s.channel = :channel AND s.created_at > :day_start) AS today,
+       count(*) FILTER (WHERE s.channel = :channel AND s.created_at > :week_start) AS week,
+       count(*) FILTER (WHERE s.created_at > :week_start AND s.created_at <= :ignored_before AND NOT s.responded)
+           AS ignored,
+       max(s.declined_at) AS declined_at
+FROM (
+    SELECT d.channel, d.created_at, x.value AS offer_id,
+           EXISTS (SELECT 1 FROM decision_outcomes AS o
+                   WHERE o.decision_id = d.decision_id AND o.offer_id = x.value AND o.type IN :responses)
+               AS responded,
+           (SELECT max(o.occurred_at) FROM decision_outcomes AS o
+            WHERE o.decision_id = d.decision_id AND o.offer_id = x.value AND o.type = 'decline') AS declined_at
+    FROM decision_decisions AS d, {shown} AS x
+    WHERE d.customer_id = :customer_id AND d.created_at >= :since AND x.value IN :offer_ids
+) AS s
+GROUP BY s.offer_id
+"""
+#: The ids a decision returned, one row each (`x.value`). A set-returning function in FROM may read the rows before it
+#: (implicitly LATERAL) in both databases.
+_SHOWN_OFFERS = {
+    "postgresql": "json_array_elements_text(coalesce(d.offer_ids, "
+    "(SELECT json_agg(o ->> 'offer_id') FROM json_array_elements(d.offers) AS o)))",
+    "sqlite": "json_each(coalesce(d.offer_ids, "
+    "(SELECT json_group_array(json_extract(o.value, '$.offer_id')) FROM json_each(d.offers) AS o)))",
+}
 
-    decision_id: str
-    channel: str
-    created_at: datetime
-    offer_ids: list[str]
-    outcome_offer_id: str | None
-    outcome_type: str | None
-    occurred_at: datetime | None
 
-
-#: At most this many past decisions are read for a customer's contact policies (the newest win).
-CONTACT_HISTORY_LIMIT = 500
-
-
-#: Built once (building and hashing a statement per call costs more CPU than running it): a customer's decisions
-#: since a time, newest first, each with its outcomes; on the (customer_id, created_at) and decision_id indexes.
-CONTACT_HISTORY = (
-    select(
-        decisions.c.decision_id,
-        decisions.c.channel,
-        decisions.c.created_at,
-        decisions.c.offers,
-        outcomes.c.offer_id,
-        outcomes.c.type,
-        outcomes.c.occurred_at,
+def _contacts_statement(dialect: str):
+    when = DateTime(timezone=True)
+    return (
+        text(_CONTACTS.format(shown=_SHOWN_OFFERS[dialect]))
+        .bindparams(
+            *(bindparam(name, type_=when) for name in ("day_start", "week_start", "ignored_before", "since")),
+            bindparam("responses", expanding=True),
+            bindparam("offer_ids", expanding=True),
+        )
+        .columns(offer_id=String, today=Integer, week=Integer, ignored=Integer, declined_at=when)
     )
-    .select_from(decisions.outerjoin(outcomes, outcomes.c.decision_id == decisions.c.decision_id))
-    .where(decisions.c.customer_id == bindparam("customer_id"), decisions.c.created_at >= bindparam("since"))
-    .order_by(decisions.c.created_at.desc())
-    .limit(CONTACT_HISTORY_LIMIT)
-)
+
 
 DECISION_FOR_OUTCOME = select(decisions.c.customer_id, decisions.c.channel, decisions.c.offers).where(
     decisions.c.decision_id == bindparam("decision_id")
@@ -285,15 +300,17 @@ class DecisionRepository:
             .on_conflict_do_nothing(index_elements=[outcomes.c.outcome_id])
             .returning(outcomes.c.outcome_id)
         )
+        self._contacts = _contacts_statement(engine.dialect.name)
         self._waiting: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
 
     async def save_decision(self, row: Mapping[str, Any]) -> None:
         """Durable when this returns. Group commit: a lone decision is written at once; decisions that arrive
         while a write is in flight share the next INSERT and commit, so the log costs one transaction per
-        batch instead of one per decision under load, and adds no waiting when idle."""
+        batch instead of one per decision under load, and adds no waiting when idle. The ids of its offers are
+        stored beside them (`offer_ids`, for the contact counts)."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((dict(row), done))
+        self._waiting.append(({**row, "offer_ids": [offer["offer_id"] for offer in row["offers"]]}, done))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_waiting())
         await asyncio.shield(done)  # a caller that gives up does not cancel the others' write
@@ -374,27 +391,24 @@ class DecisionRepository:
             rows = (await conn.execute(select(budgets.c.offer_id, budgets.c.accepts, budgets.c.spend))).all()
         return {r.offer_id: (r.accepts, r.spend) for r in rows}
 
-    async def contact_history(self, customer_id: str, since: datetime) -> list[ContactRow]:
-        """The customer's decisions since `since`, newest first, each with its outcomes: one query on the
-        (customer_id, created_at) index, outcomes joined on their decision_id index."""
+    async def contacts(
+        self, customer_id: str, channel: str, offer_ids: Sequence[str], now: datetime, since: datetime,
+        ignore_after: timedelta,
+    ) -> dict[str, Contacts]:
+        """What the customer's decisions since `since` (and their outcomes) say about these offers, by offer id; an
+        offer they were never shown is absent. One aggregate query (see `_CONTACTS`)."""
 
         async def read() -> list[Row]:
             async with translate_errors("decision log"), reader(self.engine).connect() as conn:
-                return list((await conn.execute(CONTACT_HISTORY, {"customer_id": customer_id, "since": since})).all())
+                parameters = {
+                    "customer_id": customer_id, "channel": channel, "offer_ids": list(offer_ids), "since": since,
+                    "day_start": now - DAY, "week_start": now - WEEK, "ignored_before": now - ignore_after,
+                    "responses": sorted(RESPONSES),
+                }
+                return list((await conn.execute(self._contacts, parameters)).all())
 
         rows = await uncancelled(read())  # a passed deadline must not cost the pooled connection
-        return [
-            ContactRow(
-                r.decision_id,
-                r.channel,
-                as_utc(r.created_at),
-                [o["offer_id"] for o in r.offers],
-                r.offer_id,
-                r.type,
-                as_utc(r.occurred_at),
-            )
-            for r in rows
-        ]
+        return {r.offer_id: Contacts(r.today, r.week, r.ignored, as_utc(r.declined_at)) for r in rows}
 
     async def report_totals(self, query: ReportQuery) -> list[GroupTotals]:
         """Counts and revenue sums per group and arm for the report, aggregated in the database (two nested

@@ -228,10 +228,10 @@ def test_bad_contact_policy_or_budget_fails_the_load(fields, message):
     assert message in str(error.value)
 
 
-def test_contact_history_blocks_offers_by_channel_count_decline_and_ignores():
+def test_contact_counts_block_offers_by_channel_count_decline_and_ignores():
     from datetime import timedelta
 
-    from services.decision.domain.contact import Shown, blocked, lookback
+    from services.decision.domain.contact import Contacts, blocked, lookback
 
     cat = catalogue(
         offer("daily", contact_policy={"max_per_day": 2}),
@@ -241,30 +241,25 @@ def test_contact_history_blocks_offers_by_channel_count_decline_and_ignores():
         offer("free"),
     )
     assert lookback(cat) == timedelta(days=7)
-    hour = timedelta(hours=1)
-    history = [
-        Shown("daily", "web", NOW - hour), Shown("daily", "web", NOW - 23 * hour), Shown("daily", "pos", NOW - hour),
-        Shown("weekly", "web", NOW - 2 * timedelta(days=1)), Shown("weekly", "web", NOW - 6 * timedelta(days=1)),
-        Shown("cool", "pos", NOW - 2 * timedelta(days=1), (("decline", NOW - 2 * timedelta(days=1)),)),
-        Shown("ignored", "web", NOW - 3 * hour, (("impression", NOW - 3 * hour),)),
-        Shown("ignored", "pos", NOW - 2 * hour),
-        Shown("free", "web", NOW - hour),
-    ]
-    result = blocked(cat.offers, "web", history, NOW, ignore_after=hour)
+    day = timedelta(days=1)
+    history = {
+        "daily": Contacts(today=2, week=2), "weekly": Contacts(today=0, week=2),
+        "cool": Contacts(declined_at=NOW - 2 * day), "ignored": Contacts(today=1, week=1, ignored=2),
+        "free": Contacts(today=9, week=9, ignored=9, declined_at=NOW),
+    }
+    result = blocked(cat.offers, "web", history, NOW)
     assert {k: v[0] for k, v in result.items()} == {
         "daily": "contact_daily_cap", "weekly": "contact_weekly_cap", "cool": "decline_cooldown",
         "ignored": "ignored_too_often",
     }
-    # On POS only one daily impression and no weekly ones; a decline 4 days ago is past its cool-down; a click
-    # is a response, so the offer was not ignored; shown 30 minutes ago is not yet an ignore.
-    later = [
-        Shown("daily", "web", NOW - hour), Shown("daily", "pos", NOW - hour),
-        Shown("cool", "pos", NOW - 4 * timedelta(days=1), (("decline", NOW - 4 * timedelta(days=1)),)),
-        Shown("ignored", "web", NOW - 3 * hour, (("click", NOW - 3 * hour),)),
-        Shown("ignored", "web", NOW - hour / 2),
-        Shown("ignored", "web", NOW - 2 * hour),
-    ]
-    assert blocked(cat.offers, "pos", later, NOW, ignore_after=hour) == {}
+    assert result["daily"][1] == "shown 2 times on web in 24 h (cap 2)"
+    # Under every cap; a decline 4 days ago is past its 3-day cool-down; offers never shown are absent.
+    later = {
+        "daily": Contacts(today=1, week=5), "weekly": Contacts(week=1), "cool": Contacts(declined_at=NOW - 4 * day),
+        "ignored": Contacts(ignored=1),
+    }
+    assert blocked(cat.offers, "pos", later, NOW) == {}
+    assert blocked(cat.offers, "web", {}, NOW) == {}
 
 
 # --- control group ------------------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Contact policies: how often one customer may see an offer, cool-down after a decline, suppression after ignores.
 
-Pure: the orchestrator reads the customer's recent history (one indexed query of their decisions in the look-back
-window, joined to those decisions' outcomes) and `blocked` says which offers the history rules out.
+Pure: the decision log counts, for each offer with a policy, what the customer's history says about it (one
+aggregate query over their decisions in the look-back window and those decisions' outcomes, `Contacts` per offer:
+a customer's long history costs the database an index range, never rows shipped and decoded here) and `blocked`
+says which offers the counts rule out.
 
 - An impression is a decision on the channel that returned the offer (what the customer was shown); the day and
   week caps are rolling 24-hour and 7-day windows, counted per channel.
@@ -12,7 +14,7 @@ window, joined to those decisions' outcomes) and `blocked` says which offers the
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -24,14 +26,16 @@ RESPONSES = frozenset({"click", "accept", "decline", "purchase"})
 
 
 @dataclass(frozen=True)
-class Shown:
-    """One offer returned by one past decision, with what the customer did about it."""
+class Contacts:
+    """One offer in one customer's recent history, as its contact policy reads it."""
 
-    offer_id: str
-    channel: str
-    shown_at: datetime
-    #: Outcome types recorded for this offer of this decision, with when they happened.
-    outcomes: tuple[tuple[str, datetime], ...] = ()
+    #: Impressions on the deciding channel in the last 24 hours and in the last 7 days.
+    today: int = 0
+    week: int = 0
+    #: Impressions on any channel in the last 7 days, at least `ignore_after` old, with no response to the offer.
+    ignored: int = 0
+    #: The latest decline of the offer (any channel) among the decisions in the look-back window.
+    declined_at: datetime | None = None
 
 
 def lookback(catalogue: Catalogue) -> timedelta | None:
@@ -49,46 +53,38 @@ def lookback(catalogue: Catalogue) -> timedelta | None:
 
 
 def blocked(
-    offers: Iterable[Offer], channel: str, history: Iterable[Shown], now: datetime, ignore_after: timedelta
+    offers: Iterable[Offer], channel: str, history: Mapping[str, Contacts], now: datetime
 ) -> dict[str, tuple[str, str]]:
-    """Offer id -> (trace code, why) for every offer its contact policy rules out now."""
-    by_offer: dict[str, list[Shown]] = {}
-    for shown in history:
-        by_offer.setdefault(shown.offer_id, []).append(shown)
+    """Offer id -> (trace code, why) for every offer its contact policy rules out now, given the customer's
+    `history` by offer id (an offer never shown is absent)."""
     result: dict[str, tuple[str, str]] = {}
     for offer in offers:
         policy = offer.contact
-        past = by_offer.get(offer.id)
-        if policy is None or not past:
+        past = history.get(offer.id)
+        if policy is None or past is None:
             continue
-        here = [s for s in past if s.channel == channel]
-        if policy.max_per_day is not None:
-            today = sum(1 for s in here if now - s.shown_at < DAY)
-            if today >= policy.max_per_day:
-                result[offer.id] = ("contact_daily_cap", f"shown {today} times on {channel} in 24 h (cap {policy.max_per_day})")
-                continue
-        if policy.max_per_week is not None:
-            week = sum(1 for s in here if now - s.shown_at < WEEK)
-            if week >= policy.max_per_week:
-                result[offer.id] = ("contact_weekly_cap", f"shown {week} times on {channel} in 7 days (cap {policy.max_per_week})")
-                continue
-        if policy.decline_cooldown_days is not None:
-            cooldown = timedelta(days=policy.decline_cooldown_days)
-            declines = [at for s in past for kind, at in s.outcomes if kind == "decline" and now - at < cooldown]
-            if declines:
-                result[offer.id] = (
-                    "decline_cooldown",
-                    f"declined at {max(declines).isoformat()}; cool-down {policy.decline_cooldown_days:g} days",
-                )
-                continue
-        if policy.max_ignores is not None:
-            ignored = sum(
-                1
-                for s in past
-                if now - s.shown_at >= ignore_after
-                and now - s.shown_at < WEEK
-                and not any(kind in RESPONSES for kind, _ in s.outcomes)
+        if policy.max_per_day is not None and past.today >= policy.max_per_day:
+            result[offer.id] = (
+                "contact_daily_cap", f"shown {past.today} times on {channel} in 24 h (cap {policy.max_per_day})"
             )
-            if ignored >= policy.max_ignores:
-                result[offer.id] = ("ignored_too_often", f"ignored {ignored} times in 7 days (limit {policy.max_ignores})")
+            continue
+        if policy.max_per_week is not None and past.week >= policy.max_per_week:
+            result[offer.id] = (
+                "contact_weekly_cap", f"shown {past.week} times on {channel} in 7 days (cap {policy.max_per_week})"
+            )
+            continue
+        if (
+            policy.decline_cooldown_days is not None
+            and past.declined_at is not None
+            and now - past.declined_at < timedelta(days=policy.decline_cooldown_days)
+        ):
+            result[offer.id] = (
+                "decline_cooldown",
+                f"declined at {past.declined_at.isoformat()}; cool-down {policy.decline_cooldown_days:g} days",
+            )
+            continue
+        if policy.max_ignores is not None and past.ignored >= policy.max_ignores:
+            result[offer.id] = (
+                "ignored_too_often", f"ignored {past.ignored} times in 7 days (limit {policy.max_ignores})"
+            )
     return result
