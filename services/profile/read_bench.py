@@ -517,7 +517,6 @@ async def _bench(options, tmp: Path) -> int:
             "NEXTBEST_PROFILE_SEGMENT_SWEEP_SECONDS": "0",
         }
         server = _child(port_file, samples_file, env)
-        ingest_server = None
         if options.ingest_replica:
             ingest_server = _child(tmp / "ingest-port", tmp / "ingest-samples.json", env)
         ingest_port = port = await _port(server, port_file)

@@ -19,13 +19,12 @@ from libs.protoconv import from_timestamp, to_duration, to_timestamp
 from services.profile.domain import Event, Identifier, IngestResult, ProfileService, ProfileView
 from services.profile.domain import events as ev
 from services.profile.domain.segments import SegmentDefinition
+from services.profile.domain.service import ITEM_SLICE
 from services.profile.resolver import IdentityClient
 
 FULL_NAME = pb.DESCRIPTOR.services_by_name["ProfileService"].full_name
 #: Budget for resolving a batch's identifiers when the producer sent no deadline.
 DEFAULT_INGEST_SECONDS = 30.0
-#: Events converted between two yields to the event loop.
-CONVERT_SLICE = 100
 
 # Proto enum numbers -> domain vocabulary, matched by name so a renamed value fails loudly at import.
 _RETURN_METHODS = {pb.ReturnMethod.Value(f"RETURN_METHOD_{name.upper()}"): name for name in ev.RETURN_METHODS}
@@ -129,10 +128,10 @@ async def _events(messages: Sequence[pb.Event]) -> list[Event]:
     """A batch's events in domain terms, yielding to the event loop between slices: converting a 500-event batch
     takes milliseconds that reads would otherwise wait out."""
     events = []
-    for start in range(0, len(messages), CONVERT_SLICE):
+    for start in range(0, len(messages), ITEM_SLICE):
         if start:
             await asyncio.sleep(0)
-        events.extend(_event(message) for message in messages[start : start + CONVERT_SLICE])
+        events.extend(_event(message) for message in messages[start : start + ITEM_SLICE])
     return events
 
 

@@ -42,6 +42,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    any_,
     bindparam,
     delete,
     or_,
@@ -49,6 +50,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from libs.cancellation import uncancelled
@@ -58,7 +60,7 @@ from libs.errors import FailedPrecondition
 from services.profile.domain import AcceptedEvent, Activity, EventRecord, ProfileState, StoredProfile
 from services.profile.domain.events import payload_from_document
 from services.profile.domain.segments import SegmentDefinition
-from services.profile.domain.service import Entered, Left, SegmentMember
+from services.profile.domain.service import ITEM_SLICE, Entered, Left, SegmentMember
 
 metadata = MetaData()
 
@@ -118,8 +120,6 @@ profile_aliases = Table(
     Index("ix_profile_aliases_survivor_id", "survivor_id"),
 )
 
-#: States encoded between two yields to the event loop when a transaction saves them.
-ENCODE_SLICE = 100
 #: The PostgreSQL channel of committed profile changes (see `libs.changefeed.notify`).
 CHANGES_CHANNEL = "nextbest_profile_changes"
 
@@ -487,7 +487,7 @@ class SqlIngestTransaction:
         for n, (customer_id, state) in enumerate(states.items(), 1):
             documents[customer_id] = state.to_document()
             encoded[customer_id] = orjson.dumps(documents[customer_id]).decode()
-            if n % ENCODE_SLICE == 0:
+            if n % ITEM_SLICE == 0:
                 await asyncio.sleep(0)  # let reads in between slices (a big transaction encodes for milliseconds)
         if self._statements.postgres:
             await self._connection.execute(
@@ -615,27 +615,35 @@ class SqlIngestTransaction:
         )
 
 
-#: Built once (building and hashing a statement per call cost more CPU than running it): the erased among
-#: customers, the survivors of merged ones, a customer's state row.
-ERASED = select(profile_erasures.c.customer_id).where(
-    profile_erasures.c.customer_id.in_(bindparam("ids", expanding=True))
-)
-SURVIVORS = select(profile_aliases.c.merged_id, profile_aliases.c.survivor_id).where(
-    profile_aliases.c.merged_id.in_(bindparam("ids", expanding=True))
-)
+def _among(column: Column) -> dict[str, Any]:
+    """`column IN :ids` per dialect. On PostgreSQL `= ANY(:ids)` over one array parameter: one statement text whatever
+    the number of ids, so the driver prepares it once and encodes the array in C (an expanding IN is rendered anew,
+    and prepared anew for each new length, on every ingest transaction). SQLite has no arrays: an expanding IN."""
+    return {
+        "postgresql": column == any_(bindparam("ids", type_=ARRAY(String))),
+        "sqlite": column.in_(bindparam("ids", expanding=True)),
+    }
+
+
+#: Built once (building and hashing a statement per call cost more CPU than running it), by dialect where they take a
+#: list of ids: the erased among customers, the survivors of merged ones, a customer's state row.
+ERASED = {d: select(profile_erasures.c.customer_id).where(w) for d, w in _among(profile_erasures.c.customer_id).items()}
+SURVIVORS = {
+    d: select(profile_aliases.c.merged_id, profile_aliases.c.survivor_id).where(w)
+    for d, w in _among(profile_aliases.c.merged_id).items()
+}
 STATE_ROW = select(profile_states.c.state, profile_states.c.updated_at).where(
     profile_states.c.customer_id == bindparam("customer_id")
 )
-MERGED_INTO = select(profile_aliases.c.merged_id).where(
-    profile_aliases.c.survivor_id.in_(bindparam("ids", expanding=True))
-)
+MERGED_INTO = {d: select(profile_aliases.c.merged_id).where(w) for d, w in _among(profile_aliases.c.survivor_id).items()}
 #: The newest events of customers (a survivor's group), newest first.
-RECENT_EVENTS = (
-    select(profile_events.c.event_id, profile_events.c.kind, profile_events.c.occurred_at, profile_events.c.summary)
-    .where(profile_events.c.customer_id.in_(bindparam("ids", expanding=True)))
+RECENT_EVENTS = {
+    d: select(profile_events.c.event_id, profile_events.c.kind, profile_events.c.occurred_at, profile_events.c.summary)
+    .where(w)
     .order_by(profile_events.c.occurred_at.desc(), profile_events.c.event_id.desc())
     .limit(bindparam("limit"))
-)
+    for d, w in _among(profile_events.c.customer_id).items()
+}
 #: The same for one customer: an equality the planner walks down the (customer, time) index.
 RECENT_EVENTS_OF_ONE = (
     select(profile_events.c.event_id, profile_events.c.kind, profile_events.c.occurred_at, profile_events.c.summary)
@@ -650,7 +658,7 @@ async def _group(connection: AsyncConnection, root: str) -> list[str]:
     members = [root]
     frontier = [root]
     while frontier:
-        found = await connection.scalars(MERGED_INTO, {"ids": frontier})
+        found = await connection.scalars(MERGED_INTO[connection.dialect.name], {"ids": frontier})
         frontier = [customer_id for customer_id in found if customer_id not in members]
         members.extend(frontier)
     return members
@@ -659,7 +667,7 @@ async def _group(connection: AsyncConnection, root: str) -> list[str]:
 async def _erased(connection: AsyncConnection, customer_ids: Sequence[str]) -> set[str]:
     if not customer_ids:
         return set()
-    return set(await connection.scalars(ERASED, {"ids": list(customer_ids)}))
+    return set(await connection.scalars(ERASED[connection.dialect.name], {"ids": list(customer_ids)}))
 
 
 async def _roots(connection: AsyncConnection, customer_ids: Sequence[str]) -> dict[str, str]:
@@ -668,7 +676,7 @@ async def _roots(connection: AsyncConnection, customer_ids: Sequence[str]) -> di
     survivors: dict[str, str] = {}
     asked = list(customer_ids)
     while asked:
-        found = dict((await connection.execute(SURVIVORS, {"ids": asked})).all())
+        found = dict((await connection.execute(SURVIVORS[connection.dialect.name], {"ids": asked})).all())
         survivors.update(found)
         asked = [survivor for survivor in set(found.values()) if survivor not in survivors]
     roots: dict[str, str] = {}
@@ -807,7 +815,7 @@ class SqlProfileRepository:
                     *(
                         (RECENT_EVENTS_OF_ONE, {"customer_id": owner, "limit": recent_activity})
                         if len(members) == 1
-                        else (RECENT_EVENTS, {"ids": members, "limit": recent_activity})
+                        else (RECENT_EVENTS[connection.dialect.name], {"ids": members, "limit": recent_activity})
                     )
                 )
                 activity = [Activity(event_id, kind, as_utc(at), summary) for event_id, kind, at, summary in events]
