@@ -4,26 +4,36 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PROTOS := $(shell find protos -name '*.proto')
 INSTALLED := $(VENV)/.installed
+# Every install takes the versions tested and measured (constraints.txt; `make lock` re-resolves them).
+PIP_INSTALL := $(BIN)/pip install -q -c constraints.txt
 
-.PHONY: install protos run seed certs test test-unit test-integration test-e2e test-fuzz lint bench bench-quick clean
+.PHONY: install lock protos run seed certs test test-unit test-integration test-e2e test-fuzz lint bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
 # Generated code is never committed or edited: one step writes gen/ from protos/.
-gen/.stamp: $(PROTOS) | $(BIN)/python
-	$(BIN)/pip install -q 'grpcio-tools>=1.66'
+gen/.stamp: $(PROTOS) constraints.txt | $(BIN)/python
+	$(PIP_INSTALL) grpcio-tools
 	rm -rf gen && mkdir -p gen
 	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=gen --pyi_out=gen --grpc_python_out=gen $(PROTOS)
 	touch $@
 
 # The editable install maps the generated `nextbest` package, so it runs after code generation.
-$(INSTALLED): pyproject.toml gen/.stamp
-	$(BIN)/pip install -q -e '.[test,bench]'
+$(INSTALLED): pyproject.toml constraints.txt gen/.stamp
+	$(PIP_INSTALL) -e '.[test,bench]'
 	touch $@
 
 install: $(INSTALLED)
+
+## lock: re-resolve pyproject.toml's dependency ranges in a clean virtualenv and write the versions to constraints.txt
+lock:
+	rm -rf $(VENV)-lock && $(PYTHON) -m venv $(VENV)-lock && $(VENV)-lock/bin/pip install -q --upgrade pip
+	$(VENV)-lock/bin/pip install -q -e '.[test,bench,lint,report]'
+	{ sed -n '/^#/p' constraints.txt; $(VENV)-lock/bin/pip freeze --exclude-editable | grep -v '^nextbest'; } > constraints.new
+	mv constraints.new constraints.txt && rm -rf $(VENV)-lock
+
 protos: gen/.stamp
 
 ## run: set everything up, seed the demo retailer once, start the five services (Ctrl-C stops them)
@@ -59,7 +69,7 @@ bench-quick: install
 	$(BIN)/nextbest bench --quick
 
 lint: install
-	$(BIN)/pip install -q -e '.[lint]'
+	$(PIP_INSTALL) -e '.[lint]'
 	$(BIN)/ruff check libs services cli tests
 	cd protos && npx --yes @bufbuild/buf lint
 
