@@ -250,7 +250,8 @@ class _Run:
             "phases": self.phases,
             "max_sustainable": max_sustainable(self.phases, config.p99_bound_ms, config.max_degraded)
             if config.run_load else None,
-            "ingest": ingest_summary(self.phases, self.verification) if self.ingester else None,
+            "ingest": ingest_summary(self.phases, self.verification, config.p99_bound_ms, config.max_degraded)
+            if self.ingester else None,
             "memory": memory_summary(self.peak_rss, self.dataset.customers),
             "faults": self.faults,
         }

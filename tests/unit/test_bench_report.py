@@ -12,6 +12,7 @@ from cli.bench.report import (
     add_ratios,
     draw_chart,
     evaluate_targets,
+    ingest_record,
     ingest_summary,
     max_sustainable,
     memory_summary,
@@ -67,7 +68,7 @@ def _document(phases: list[dict], backend: str = "postgresql") -> dict:
         "dataset": {"backend": backend, "customers": 2000, "reused": True},
         "phases": phases,
         "max_sustainable": max_sustainable(phases, p99_bound_ms=100, max_degraded=0.01),
-        "ingest": ingest_summary(phases, verification),
+        "ingest": ingest_summary(phases, verification, p99_bound_ms=100, max_degraded=0.01),
         "memory": memory_summary({s: 120.0 for s in SERVICES}, 2000),
         "faults": None,
     }
@@ -122,6 +123,24 @@ def test_targets_pass_fail_and_not_measured():
     without_200 = _document([p for p in _phases() if p["shape"] == "closed"], backend="sqlite")
     web = next(t for t in without_200["targets"] if t["name"] == "decide_web_latency_at_200")
     assert web["pass"] is None
+
+
+def test_ingest_is_judged_over_the_run_and_also_shown_over_the_phases_whose_decisions_were_sustained():
+    phases = _phases()
+    overloaded = next(p for p in phases if p["target"] == "mesh" and p.get("concurrency") == 16)  # errors, 200 ms p99
+    overloaded["ingest"] = ingest_record(IngestStats(target_rate=5000, batch_size=500, batches=10, batches_ok=10,
+                                                     events_sent=5000, accepted=3000, elapsed=1.0))
+    summary = ingest_summary(phases, None, p99_bound_ms=100, max_degraded=0.01)
+    assert summary["achieved_rate"] == 4500.0  # (3 x 5,000 + 3,000) events in 4 s
+    assert (summary["sustained_phases"], summary["achieved_rate_sustained"]) == (3, 5000.0)
+    doc = _document(phases)
+    target = next(t for t in doc["targets"] if t["name"] == "ingest_rate_exactly_once")
+    assert target["pass"] is False  # the whole run counts
+    assert "4,500 events/s over the run" in target["measured"]
+    assert "5,000/s in the 3 phases whose decisions were sustained" in target["measured"]
+    assert "5,000/s in the 3 phases whose decisions were sustained" in render(doc)
+    nothing_served = ingest_summary([overloaded], None, p99_bound_ms=100, max_degraded=0.01)
+    assert (nothing_served["sustained_phases"], nothing_served["achieved_rate_sustained"]) == (0, None)
 
 
 def test_ingest_verification_counts_missing_and_duplicate_events():
