@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 
 import orjson
 from sqlalchemy import text
@@ -112,18 +112,26 @@ async def notify(connection: AsyncConnection, channel: str, ids: Sequence[str], 
 
     A payload is a JSON array, the origin then the ids: any id survives the trip (a line break, non-ASCII), and the
     size is counted in encoded bytes, which is what PostgreSQL limits."""
-    encoded_origin = orjson.dumps(origin)
-    chunk: list[bytes] = [encoded_origin]
-    size = len(encoded_origin) + 2
-    for value in dict.fromkeys(ids):
-        encoded = orjson.dumps(value)
-        if len(chunk) > 1 and size + len(encoded) + 1 > _MAX_PAYLOAD:
+    await notify_items(connection, channel, [orjson.dumps(origin)], [orjson.dumps(value) for value in dict.fromkeys(ids)])
+
+
+async def notify_items(connection: AsyncConnection, channel: str, head: Sequence[bytes], items: Iterable[bytes]) -> int:
+    """NOTIFY JSON-encoded `items` in as few payloads as fit, each a JSON array of the `head` values then items.
+    An item too large for any payload is not sent; returns how many were not."""
+    base = sum(len(value) + 1 for value in head) + 1
+    chunk, size, skipped = list(head), base, 0
+    for encoded in items:
+        if base + len(encoded) + 1 > _MAX_PAYLOAD:
+            skipped += 1
+            continue
+        if len(chunk) > len(head) and size + len(encoded) + 1 > _MAX_PAYLOAD:
             await _send(connection, channel, chunk)
-            chunk, size = [encoded_origin], len(encoded_origin) + 2
+            chunk, size = list(head), base
         chunk.append(encoded)
         size += len(encoded) + 1
-    if len(chunk) > 1:
+    if len(chunk) > len(head):
         await _send(connection, channel, chunk)
+    return skipped
 
 
 async def _send(connection: AsyncConnection, channel: str, encoded: list[bytes]) -> None:
@@ -147,6 +155,7 @@ class PostgresRelay:
         *,
         origin: str | None = None,
         on_notify: Callable[[list[str]], None] | None = None,
+        also: Mapping[str, Callable[[str], None]] | None = None,
     ) -> None:
         self._engine = engine
         self._channel = channel
@@ -156,6 +165,9 @@ class PostgresRelay:
         self._origin = origin
         #: Called with the ids of every other process's announcement (e.g. to drop them from a cache).
         self._on_notify = on_notify
+        #: Further channels heard on the same connection, each payload handed as is to its callback: PostgreSQL
+        #: delivers one transaction's notifications together and in the order they were sent, across channels.
+        self._also = dict(also or {})
         self._task: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()
         self._sessions = 0
@@ -197,6 +209,8 @@ class PostgresRelay:
 
             raw.add_termination_listener(lambda _conn: lost.set())
             await raw.add_listener(self._channel, on_notify)
+            for channel, callback in self._also.items():
+                await raw.add_listener(channel, lambda _conn, _pid, _channel, payload, cb=callback: cb(payload))
             try:
                 self._feed.resume()
                 self._sessions += 1

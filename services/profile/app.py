@@ -56,7 +56,10 @@ def build(settings: ProfileSettings) -> ServiceApp:
     """The profile service, ready to serve once `on_start` has migrated the database."""
     engine = create_engine(settings.resolved_database_url, **settings.common.db_pool)
     repository = SqlProfileRepository(
-        engine, cached_reads=settings.read_cache_max_entries, recent_activity=settings.recent_activity
+        engine,
+        cached_reads=settings.read_cache_max_entries,
+        recent_activity=settings.recent_activity,
+        share_saved_states=settings.notify_saved_states,
     )
     service = ProfileService(
         repository,

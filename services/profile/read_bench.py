@@ -11,7 +11,8 @@
    traits and recent activity, half GetFeatures), customers drawn from a Zipf law, while a second task ingests
    events (`--ingest-rate`, in batches of `--ingest-batch`) for customers of the same popularity (the most read
    are the most written). With `--ingest-replica` (PostgreSQL) the events go to a second profile process, as a
-   deployment with an ingest replica would send them; the read replica learns of them by NOTIFY.
+   deployment with an ingest replica would send them; the read replica learns of them by NOTIFY (and, unless
+   `--no-share-saved-states`, refills its cache from the states the ingest replica shares).
 4. Prints the server-side p50 / p99 / max per method after `--warmup` seconds, the read and ingest rates achieved,
    and checks that every accepted event is stored once and applied once (the stored orders grew by exactly the
    accepted purchases).
@@ -453,6 +454,13 @@ def main() -> int:
         action="store_true",
         help="ingest through a second profile process (PostgreSQL): reads and writes on separate event loops",
     )
+    parser.add_argument(
+        "--share-saved-states",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --ingest-replica: the replicas share their saved states (NEXTBEST_PROFILE_NOTIFY_SAVED_STATES), "
+        "so the reader refills what the writer changed instead of reading it again",
+    )
     parser.add_argument("--zipf", type=float, default=1.1, help="popularity exponent of the customers drawn")
     parser.add_argument(
         "--database-url",
@@ -515,6 +523,7 @@ async def _bench(options, tmp: Path) -> int:
             "NEXTBEST_PROFILE_IDENTITY_TARGET": "127.0.0.1:9",  # every event names its customer
             "NEXTBEST_PROFILE_LINEAGE_POLL_SECONDS": "3600",
             "NEXTBEST_PROFILE_SEGMENT_SWEEP_SECONDS": "0",
+            "NEXTBEST_PROFILE_NOTIFY_SAVED_STATES": str(options.ingest_replica and options.share_saved_states).lower(),
         }
         server = _child(port_file, samples_file, env)
         if options.ingest_replica:

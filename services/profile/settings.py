@@ -44,6 +44,12 @@ class ProfileSettings(ServiceSettings):
         "this process's own writes update them, so a read is never stale after a write it committed. 0 turns "
         "the cache off.",
     )
+    notify_saved_states: bool = Field(
+        False,
+        description="PostgreSQL, several replicas (e.g. one taking the event streams, others the reads): each "
+        "replica NOTIFYs the states it saved and refills its read cache from the others', instead of reading "
+        "again every customer another replica wrote. Set it alike on every replica.",
+    )
     lineage_poll_seconds: float = Field(
         2.0,
         gt=0,

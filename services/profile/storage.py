@@ -54,7 +54,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from libs.cancellation import uncancelled
-from libs.changefeed import ChangeFeed, PostgresRelay, notify
+from libs.changefeed import ChangeFeed, PostgresRelay, notify, notify_items
 from libs.db import as_utc, insert_for, reader, translate_errors
 from libs.errors import FailedPrecondition
 from services.profile.domain import AcceptedEvent, Activity, EventRecord, ProfileState, StoredProfile
@@ -122,6 +122,8 @@ profile_aliases = Table(
 
 #: The PostgreSQL channel of committed profile changes (see `libs.changefeed.notify`).
 CHANGES_CHANNEL = "nextbest_profile_changes"
+#: Where replicas that share their saved states announce them, right after their changes (`NOTIFY_SAVED_STATES`).
+SAVED_CHANNEL = "nextbest_profile_saved"
 
 #: The seq of the last entry of identity's lineage journal applied here (one row, moved with each entry).
 profile_lineage_cursor = Table(
@@ -174,20 +176,22 @@ class CachedProfile:
     One written through at commit holds the saved document as JSON and decodes it when first read: a customer
     written more often than read is not decoded at every commit (that work also held reads up)."""
 
-    __slots__ = ("_state", "_saved", "updated_at", "activity")
+    __slots__ = ("_state", "_saved", "updated_at", "activity", "version")
 
     def __init__(self, state: ProfileState | None, updated_at: datetime, activity: tuple[Activity, ...] | None,
-                 saved: str = "") -> None:
+                 saved: str = "", version: int = 0) -> None:
         self._state = state
         self._saved = saved
         self.updated_at = updated_at
         #: The newest events (at most the service's `recent_activity`), or None when no read has asked for them.
         self.activity = activity
+        #: The state row's version (0: not known).
+        self.version = version
 
     @classmethod
-    def saved(cls, document: str, updated_at: datetime, activity: tuple[Activity, ...] | None):
+    def saved(cls, document: str, updated_at: datetime, activity: tuple[Activity, ...] | None, version: int):
         """From the JSON text the state was saved as: decoded, exactly what a read of the database would give."""
-        return cls(None, updated_at, activity, document)
+        return cls(None, updated_at, activity, document, version)
 
     @property
     def state(self) -> ProfileState:
@@ -213,7 +217,9 @@ class ReadCache:
     Other replicas' writes (PostgreSQL) drop their customers when their NOTIFY arrives, milliseconds after their
     commit. `session()` says which LISTEN session vouches for that (None: none does, so nothing is served or kept);
     when it changes, changes may have been missed and the cache starts afresh. On SQLite it is always 0: one process
-    writes.
+    writes. Where replicas share their saved states (`saved_elsewhere`), a dropped entry comes back from the state
+    another replica saved, if that save is the very next version of the row the entry held: a save in between that
+    did not reach here (no state shared, or it did not fit a payload) leaves a gap, and the customer is read afresh.
     """
 
     def __init__(self, max_entries: int, activity_limit: int, session: Callable[[], int | None] = lambda: 0) -> None:
@@ -223,6 +229,10 @@ class ReadCache:
         self._filled_in: int | None = None  # the session the entries were kept in
         self._entries: OrderedDict[str, CachedProfile] = OrderedDict()
         self._loading: dict[str, object] = {}  # customer -> token of the newest read in flight
+        #: Entries another replica's announcement dropped, kept aside for the states that follow it (their version
+        #: and recent activity), and whether what is kept aside predates the last shared states.
+        self._aside: dict[str, tuple[int, tuple[Activity, ...] | None]] = {}
+        self._aside_used = False
         self.hits = 0
         self.misses = 0
 
@@ -235,6 +245,11 @@ class ReadCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def held_version(self, customer_id: str) -> int:
+        """The row version of the customer's entry (0: none held, or not known); does not count as a read."""
+        entry = self._entries.get(customer_id)
+        return entry.version if entry is not None else 0
 
     def get(self, customer_id: str, with_activity: bool) -> CachedProfile | None:
         entry = self._entries.get(customer_id) if self._vouched() else None
@@ -259,25 +274,54 @@ class ReadCache:
         if entry is not None and self._max_entries > 0 and vouched:
             self._put(customer_id, entry)
 
-    def committed(self, documents: Mapping[str, str], events: Mapping[str, Sequence[Activity]], at: datetime) -> None:
-        """An ingest committed: these states were saved (as this JSON text, with these new events, by whose state
-        they joined)."""
+    def committed(self, documents: Mapping[str, str], versions: Mapping[str, int],
+                  events: Mapping[str, Sequence[Activity]], at: datetime) -> None:
+        """An ingest committed: these states were saved (as this JSON text and row version, with these new events,
+        by whose state they joined)."""
         for customer_id, document in documents.items():
             self._loading.pop(customer_id, None)
             entry = self._entries.get(customer_id)
             if entry is None:
                 continue  # nobody read it lately: no need to keep it
-            activity = entry.activity
-            if activity is not None and events.get(customer_id):
-                merged = sorted((*activity, *events[customer_id]), key=_newest_first, reverse=True)
-                activity = tuple(merged[: self._activity_limit])
-            self._entries[customer_id] = CachedProfile.saved(document, at, activity)
+            activity = self._with(entry.activity, events.get(customer_id))
+            self._entries[customer_id] = CachedProfile.saved(document, at, activity, versions[customer_id])
+
+    def _with(self, activity: tuple[Activity, ...] | None, new: Sequence[Activity] | None) -> tuple[Activity, ...] | None:
+        if activity is None or not new:
+            return activity
+        return tuple(sorted((*activity, *new), key=_newest_first, reverse=True)[: self._activity_limit])
+
+    def dropped_elsewhere(self, customer_ids: Iterable[str], keep_aside: bool) -> None:
+        """Another replica announced changes of these customers: forget them (and reads of them in flight); with
+        `keep_aside`, set their entries' version and activity aside for the states that replica may share next."""
+        if self._aside_used or len(self._aside) > self._max_entries:
+            self._aside.clear()  # a new transaction's announcement: the previous one's states came, or never will
+            self._aside_used = False
+        for customer_id in customer_ids:
+            entry = self._entries.pop(customer_id, None)
+            self._loading.pop(customer_id, None)
+            if keep_aside and entry is not None and entry.version:
+                self._aside[customer_id] = (entry.version, entry.activity)
+
+    def saved_elsewhere(self, saved: Iterable[Sequence[Any]], at: datetime) -> None:
+        """Another replica committed these states right after announcing them, each [customer, row version, JSON
+        text, new events as [event id, kind, ISO time, summary]]: an entry set aside comes back if this is the next
+        version of the row it held (only those are decoded: most states shared are of customers not held here)."""
+        self._aside_used = True
+        if not self._vouched():
+            return
+        for customer_id, version, document, events in saved:
+            held = self._aside.pop(customer_id, None)
+            if held is not None and held[0] + 1 == version and customer_id not in self._loading:
+                new = [Activity(e, k, datetime.fromisoformat(t), m) for e, k, t, m in events]
+                self._put(customer_id, CachedProfile.saved(document, at, self._with(held[1], new), version))
 
     def invalidate(self, customer_ids: Iterable[str] | None = None) -> None:
         """Forget these customers (None: everyone), including reads of them in flight."""
         if customer_ids is None:
             self._entries.clear()
             self._loading.clear()
+            self._aside.clear()
             return
         for customer_id in customer_ids:
             self._entries.pop(customer_id, None)
@@ -331,7 +375,7 @@ _PG_SAVE_STATES = text(
 #: of its activity) or one merged into another (no row of its own) is read the general way instead.
 _PG_PROFILE = text(
     """
-    SELECT s.state, s.updated_at,
+    SELECT s.state, s.updated_at, s.version,
            EXISTS (SELECT 1 FROM profile_aliases a WHERE a.survivor_id = s.customer_id) AS merged_into_it,
            (SELECT coalesce(json_agg(json_build_array(e.event_id, e.kind, e.occurred_at, e.summary)
                                      ORDER BY e.occurred_at DESC, e.event_id DESC), '[]')
@@ -341,7 +385,7 @@ _PG_PROFILE = text(
     FROM profile_states s
     WHERE s.customer_id = :customer_id
     """
-).columns(state=JSON, updated_at=DateTime(timezone=True), merged_into_it=Boolean, recent=JSON)
+).columns(state=JSON, updated_at=DateTime(timezone=True), version=Integer, merged_into_it=Boolean, recent=JSON)
 
 
 class _IngestStatements:
@@ -632,7 +676,7 @@ SURVIVORS = {
     d: select(profile_aliases.c.merged_id, profile_aliases.c.survivor_id).where(w)
     for d, w in _among(profile_aliases.c.merged_id).items()
 }
-STATE_ROW = select(profile_states.c.state, profile_states.c.updated_at).where(
+STATE_ROW = select(profile_states.c.state, profile_states.c.updated_at, profile_states.c.version).where(
     profile_states.c.customer_id == bindparam("customer_id")
 )
 MERGED_INTO = {d: select(profile_aliases.c.merged_id).where(w) for d, w in _among(profile_aliases.c.survivor_id).items()}
@@ -709,7 +753,8 @@ class SqlProfileRepository:
     """Profile storage on SQLite or PostgreSQL through SQLAlchemy Core (one connection per call)."""
 
     def __init__(
-        self, engine: AsyncEngine, cached_states: int = 10_000, cached_reads: int = 0, recent_activity: int = 20
+        self, engine: AsyncEngine, cached_states: int = 10_000, cached_reads: int = 0, recent_activity: int = 20,
+        share_saved_states: bool = False,
     ) -> None:
         self._engine = engine
         self._reader = reader(engine)  # reads need no transaction: no BEGIN/ROLLBACK round trips on PostgreSQL
@@ -720,17 +765,27 @@ class SqlProfileRepository:
         #: PostgreSQL every other replica's by NOTIFY, which also drops them from the read cache.
         self.changes = ChangeFeed()
         self.origin = uuid.uuid4().hex  # tells this process's announcements from other replicas'
+        self._own_saved = orjson.dumps([self.origin])[:-1].decode()  # how this process's shared states begin
         self.relay: PostgresRelay | None = None
         session: Callable[[], int | None] = lambda: 0  # noqa: E731 - SQLite: one process writes
+        #: Replicas that share their saved states refill their read caches from one another's (PostgreSQL).
+        self._share_saved = share_saved_states and engine.dialect.name == "postgresql"
         if engine.dialect.name == "postgresql":
+            also = {SAVED_CHANNEL: self._saved_elsewhere} if self._share_saved else None
             relay = self.relay = PostgresRelay(
-                engine, CHANGES_CHANNEL, self.changes, origin=self.origin, on_notify=self._changed_elsewhere
+                engine, CHANGES_CHANNEL, self.changes, origin=self.origin, on_notify=self._changed_elsewhere, also=also
             )
             session = lambda: relay.session  # noqa: E731
         self.reads = ReadCache(cached_reads, recent_activity, session=session)
 
     def _changed_elsewhere(self, customer_ids: list[str]) -> None:
-        self.reads.invalidate(customer_ids)  # another replica committed changes of these customers
+        self.reads.dropped_elsewhere(customer_ids, keep_aside=self._share_saved)  # another replica committed them
+
+    def _saved_elsewhere(self, payload: str) -> None:
+        if payload.startswith(self._own_saved):
+            return  # this process's own states (the payload's head is its origin)
+        _, at, *saved = orjson.loads(payload)
+        self.reads.saved_elsewhere(saved, datetime.fromisoformat(at))
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqlIngestTransaction]:
@@ -739,13 +794,30 @@ class SqlProfileRepository:
             yield tx
             if self.relay is not None and tx.announced:
                 await notify(connection, CHANGES_CHANNEL, sorted(tx.announced), origin=self.origin)
+                if self._share_saved and not tx.reshaped and tx.saved_at is not None:
+                    await self._notify_saved(connection, tx)
         # Committed (an exception skips this: what the batch touched is not reused).
         self._states.keep(tx.saved)
         if tx.reshaped:
             self.reads.invalidate()
         elif tx.saved_at is not None:
-            self.reads.committed(tx.documents, tx.new_activity(), tx.saved_at)
+            versions = {customer_id: version for customer_id, (version, _) in tx.saved.items()}
+            self.reads.committed(tx.documents, versions, tx.new_activity(), tx.saved_at)
         self.changes.publish(tx.announced)
+
+    async def _notify_saved(self, connection: AsyncConnection, tx: SqlIngestTransaction) -> None:
+        """Share the states this transaction saved, after its announcement, so that other replicas holding these
+        customers refill their caches without reading them (each state in one payload, or not shared at all)."""
+        events = tx.new_activity()
+        head = [orjson.dumps(self.origin), orjson.dumps(tx.saved_at.isoformat())]
+        items = (
+            orjson.dumps([
+                customer_id, tx.saved[customer_id][0], document,
+                [[a.event_id, a.kind, a.occurred_at.isoformat(), a.summary] for a in events.get(customer_id, ())],
+            ])
+            for customer_id, document in tx.documents.items()
+        )
+        await notify_items(connection, SAVED_CHANNEL, head, items)
 
     async def lineage_cursor(self) -> int:
         async with translate_errors("read lineage cursor"), self._reader.connect() as connection:
@@ -784,7 +856,8 @@ class SqlProfileRepository:
         finally:
             entry = None
             if found is not None and found.customer_id == customer_id:  # merged customers: read from the database
-                entry = CachedProfile(found.state, found.updated_at, found.recent_activity if recent_activity else None)
+                activity = found.recent_activity if recent_activity else None
+                entry = CachedProfile(found.state, found.updated_at, activity, version=found.version)
             self.reads.keep(customer_id, token, entry)
         return found
 
@@ -801,7 +874,8 @@ class SqlProfileRepository:
                         for event_id, kind, at, summary in row.recent
                     )
                     return StoredProfile(
-                        ProfileState.from_document(row.state), as_utc(row.updated_at), activity, customer_id=customer_id
+                        ProfileState.from_document(row.state), as_utc(row.updated_at), activity, customer_id=customer_id,
+                        version=row.version,
                     )
             found = await _state_row(connection, customer_id)
             if found is None:
@@ -820,7 +894,8 @@ class SqlProfileRepository:
                 )
                 activity = [Activity(event_id, kind, as_utc(at), summary) for event_id, kind, at, summary in events]
         return StoredProfile(
-            ProfileState.from_document(row.state), as_utc(row.updated_at), tuple(activity), customer_id=owner
+            ProfileState.from_document(row.state), as_utc(row.updated_at), tuple(activity), customer_id=owner,
+            version=row.version,
         )
 
     async def load_segments(self) -> list[SegmentDefinition]:

@@ -234,6 +234,32 @@ async def test_while_not_listening_reads_go_to_the_database_and_the_cache_starts
         await backends.close()
 
 
+@postgres_only
+async def test_replicas_sharing_saved_states_refill_one_anothers_caches_without_reading_the_database(replica):
+    a_stub, a_app, _ = await replica(notify_saved_states=True)
+    b_stub, _, _ = await replica(notify_saved_states=True)
+    c_stub, c_app, _ = await replica()  # a replica that does not share (e.g. an older release): it drops and reads
+    cache, c_cache = cache_of(a_app), cache_of(c_app)
+    await ingest(b_stub, purchase("e-1", ago(days=2)))
+    await read_twice(a_stub, cache)
+    await read_twice(c_stub, c_cache)
+    assert cache.held_version("c-1") == 1
+    hits, misses = cache.hits, cache.misses
+
+    await ingest(b_stub, purchase("e-2", ago(hours=1)))
+    await until(lambda: cache.held_version("c-1") == 2, seconds=5)  # B's state, from its NOTIFY
+    on_a = await a_stub.GetProfile(PROFILE, timeout=5)
+    assert (cache.hits, cache.misses) == (hits + 1, misses)  # served from the cache: no database read
+    assert on_a.profile.traits.order_count == 2
+    assert [a.event_id for a in on_a.profile.recent_activity] == ["e-2", "e-1"]
+    assert on_a == await b_stub.GetProfile(PROFILE, timeout=5)
+    fresh_stub, _, _ = await replica(read_cache_max_entries=0)
+    assert on_a == await fresh_stub.GetProfile(PROFILE, timeout=5)  # exactly what the database gives
+
+    await until(lambda: c_cache.held_version("c-1") == 0, seconds=5)  # C dropped it
+    assert await c_stub.GetProfile(PROFILE, timeout=5) == on_a
+
+
 # ---------------------------------------------------------------------------------------------- regressions
 
 

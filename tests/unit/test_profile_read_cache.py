@@ -57,6 +57,11 @@ def read(cache: ReadCache, customer_id: str, found: CachedProfile | None) -> Non
     cache.keep(customer_id, token, found)
 
 
+def commit(cache: ReadCache, documents: dict[str, str], events, at) -> None:
+    """An ingest committed these documents (each saved as row version 2)."""
+    cache.committed(documents, dict.fromkeys(documents, 2), events, at)
+
+
 def test_a_kept_read_is_served_until_evicted_and_the_counters_count_hits_and_misses():
     cache = ReadCache(max_entries=10, activity_limit=3)
     assert cache.get("c-1", with_activity=True) is None
@@ -77,7 +82,7 @@ def test_a_read_that_found_nothing_keeps_nothing():
 @pytest.mark.parametrize(
     "meanwhile",
     [
-        pytest.param(lambda cache: cache.committed({"c-1": encoded(folded().to_document())}, {}, NOW), id="commit"),
+        pytest.param(lambda cache: commit(cache, {"c-1": encoded(folded().to_document())}, {}, NOW), id="commit"),
         pytest.param(lambda cache: cache.invalidate(["c-1"]), id="invalidate-customer"),
         pytest.param(lambda cache: cache.invalidate(), id="invalidate-all"),
     ],
@@ -99,7 +104,7 @@ def test_a_change_of_another_customer_does_not_stop_a_read_from_being_kept():
     cache = ReadCache(max_entries=10, activity_limit=3)
     assert cache.get("c-1", with_activity=True) is None  # a read loads only after a miss
     token = cache.loading("c-1")
-    cache.committed({"c-2": encoded(folded().to_document())}, {}, NOW)
+    commit(cache, {"c-2": encoded(folded().to_document())}, {}, NOW)
     cache.invalidate(["c-3"])
     kept = entry(purchase("e-1", 5))
     cache.keep("c-1", token, kept)
@@ -125,7 +130,7 @@ def test_a_commit_replaces_a_cached_state_with_its_own_copy_of_the_saved_documen
     state = folded(first, second)
     document = state.to_document()
     at = NOW + timedelta(minutes=1)
-    cache.committed({"c-1": encoded(document)}, {"c-1": activity(second)}, at)
+    commit(cache, {"c-1": encoded(document)}, {"c-1": activity(second)}, at)
 
     got = cache.get("c-1", with_activity=True)
     assert got is not None
@@ -146,7 +151,7 @@ def test_a_written_through_state_is_the_document_as_committed_even_when_first_re
     read(cache, "c-1", entry(first))
     second = purchase("e-2", 1, amount=30.0)
     document = folded(first, second).to_document()
-    cache.committed({"c-1": encoded(document)}, {"c-1": activity(second)}, NOW)
+    commit(cache, {"c-1": encoded(document)}, {"c-1": activity(second)}, NOW)
     document["order_count"] = 99  # the transaction's document changing before anyone read the entry
     document["purchase_amounts"].append(1000.0)
 
@@ -160,7 +165,7 @@ def test_a_commit_merges_its_events_into_the_cached_activity_newest_first_up_to_
     old = [purchase("e-1", 10), view("e-3", 6)]
     read(cache, "c-1", entry(*old))
     new = [view("e-4", 2), purchase("e-2", 8), view("e-0", 12)]  # newer, between and older than the cached ones
-    cache.committed({"c-1": encoded(folded(*old, *new).to_document())}, {"c-1": list(activity(*new))}, NOW)
+    commit(cache, {"c-1": encoded(folded(*old, *new).to_document())}, {"c-1": list(activity(*new))}, NOW)
     got = cache.get("c-1", with_activity=True)
     assert got is not None
     assert [a.event_id for a in got.activity] == ["e-4", "e-3", "e-2"]
@@ -171,7 +176,7 @@ def test_events_at_the_same_instant_are_ordered_by_event_id_as_the_database_orde
     cache = ReadCache(max_entries=10, activity_limit=4)
     read(cache, "c-1", entry(view("e-b", 3)))
     new = [view("e-a", 3), view("e-c", 3)]
-    cache.committed({"c-1": encoded(folded().to_document())}, {"c-1": list(activity(*new))}, NOW)
+    commit(cache, {"c-1": encoded(folded().to_document())}, {"c-1": list(activity(*new))}, NOW)
     assert [a.event_id for a in cache.get("c-1", with_activity=True).activity] == ["e-c", "e-b", "e-a"]
 
 
@@ -180,7 +185,7 @@ def test_a_commit_without_events_for_a_customer_keeps_its_cached_activity():
     cache = ReadCache(max_entries=10, activity_limit=3)
     cached = entry(purchase("e-1", 5))
     read(cache, "c-1", cached)
-    cache.committed(
+    commit(cache, 
         {"c-1": encoded(folded(purchase("e-1", 5)).to_document())}, {"c-2": list(activity(view("x", 1)))}, NOW
     )
     assert cache.get("c-1", with_activity=True).activity == cached.activity
@@ -189,7 +194,7 @@ def test_a_commit_without_events_for_a_customer_keeps_its_cached_activity():
 def test_a_commit_does_not_add_customers_nobody_read():
     cache = ReadCache(max_entries=10, activity_limit=3)
     read(cache, "c-1", entry(purchase("e-1", 5)))
-    cache.committed(
+    commit(cache, 
         {
             "c-1": encoded(folded().to_document()),
             "c-2": encoded(folded(purchase("e-9", 1, customer_id="c-2")).to_document()),
@@ -207,7 +212,7 @@ def test_an_entry_kept_without_activity_serves_reads_without_activity_only_even_
     assert cache.get("c-1", with_activity=True) is None
     assert cache.get("c-1", with_activity=False) is not None
     new = purchase("e-2", 1)
-    cache.committed({"c-1": encoded(folded(purchase("e-1", 5), new).to_document())}, {"c-1": list(activity(new))}, NOW)
+    commit(cache, {"c-1": encoded(folded(purchase("e-1", 5), new).to_document())}, {"c-1": list(activity(new))}, NOW)
     # Only the newest events are known, not the customer's whole recent activity: still not served.
     assert cache.get("c-1", with_activity=True) is None
     got = cache.get("c-1", with_activity=False)
@@ -273,3 +278,93 @@ def test_a_new_session_is_noticed_by_a_read_even_if_nothing_was_kept_or_served_i
     session[0] = 2
     assert cache.get("a", with_activity=False) is None
     assert len(cache) == 0
+
+
+# ------------------------------------------------------------------ states shared by other replicas
+
+
+def held(cache: ReadCache, version: int, *events: AcceptedEvent) -> CachedProfile:
+    """c-1 read from the database at this row version."""
+    found = CachedProfile(folded(*events), NOW, activity(*events), version=version)
+    read(cache, "c-1", found)
+    return found
+
+
+def shared(version: int, *events: AcceptedEvent, before: tuple[AcceptedEvent, ...] = ()):
+    """Another replica's saved state of c-1 (after `before` and these new events) as its NOTIFY carries it."""
+    rows = [[a.event_id, a.kind, a.occurred_at.isoformat(), a.summary] for a in activity(*events)]
+    return [("c-1", version, encoded(folded(*before, *events).to_document()), rows)]
+
+
+def test_another_replicas_next_version_refills_the_entry_it_dropped_with_the_new_events_merged():
+    cache = ReadCache(max_entries=10, activity_limit=3)
+    old = (purchase("e-1", 5), view("e-2", 4))
+    held(cache, 3, *old)
+    new = purchase("e-3", 1, amount=30.0)
+    cache.dropped_elsewhere(["c-1"], keep_aside=True)
+    assert cache.get("c-1", with_activity=True) is None  # never served between the announcement and its state
+    misses = cache.misses
+    cache.saved_elsewhere(shared(4, new, before=old), NOW)
+    refilled = cache.get("c-1", with_activity=True)
+    assert refilled is not None and cache.misses == misses and refilled.version == 4
+    assert refilled.state.to_document() == folded(*old, new).to_document()
+    assert refilled.activity == activity(*old, new)[:3]
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        pytest.param(lambda cache: cache.saved_elsewhere(shared(5, purchase("e-3", 1)), NOW), id="a version skipped"),
+        pytest.param(lambda cache: None, id="no state shared"),
+    ],
+)
+def test_without_the_very_next_version_the_customer_is_read_afresh(how):
+    cache = ReadCache(max_entries=10, activity_limit=3)
+    held(cache, 3, purchase("e-1", 5))
+    cache.dropped_elsewhere(["c-1"], keep_aside=True)
+    how(cache)
+    assert cache.get("c-1", with_activity=False) is None
+
+
+def test_nothing_is_set_aside_unless_asked_nor_for_an_entry_of_unknown_version():
+    cache = ReadCache(max_entries=10, activity_limit=3)
+    held(cache, 3, purchase("e-1", 5))
+    cache.dropped_elsewhere(["c-1"], keep_aside=False)
+    cache.saved_elsewhere(shared(4, purchase("e-3", 1)), NOW)
+    assert cache.get("c-1", with_activity=False) is None
+    read(cache, "c-2", entry(purchase("e-9", 5, customer_id="c-2")))  # version 0: not known
+    cache.dropped_elsewhere(["c-2"], keep_aside=True)
+    cache.saved_elsewhere([("c-2", 1, encoded(folded().to_document()), [])], NOW)
+    assert cache.get("c-2", with_activity=False) is None
+
+
+def test_a_read_under_way_keeps_its_own_result_rather_than_the_shared_state():
+    cache = ReadCache(max_entries=10, activity_limit=3)
+    held(cache, 3, purchase("e-1", 5))
+    cache.dropped_elsewhere(["c-1"], keep_aside=True)
+    token = cache.loading("c-1")  # a read that missed after the announcement
+    cache.saved_elsewhere(shared(4, purchase("e-3", 1)), NOW)
+    assert cache.get("c-1", with_activity=False) is None
+    fresh = CachedProfile(folded(purchase("e-1", 5), purchase("e-3", 1)), NOW, None, version=4)
+    cache.keep("c-1", token, fresh)
+    assert cache.get("c-1", with_activity=False) is fresh
+
+
+def test_a_new_listen_session_forgets_what_was_set_aside():
+    session = [1]
+    cache = ReadCache(max_entries=10, activity_limit=3, session=lambda: session[0])
+    held(cache, 3, purchase("e-1", 5))
+    cache.dropped_elsewhere(["c-1"], keep_aside=True)
+    session[0] = 2  # the LISTEN connection was lost and came back: announcements may have been missed
+    cache.saved_elsewhere(shared(4, purchase("e-3", 1)), NOW)
+    assert cache.get("c-1", with_activity=False) is None
+
+
+def test_the_next_announcement_after_shared_states_starts_a_new_set_aside():
+    cache = ReadCache(max_entries=10, activity_limit=3)
+    held(cache, 3, purchase("e-1", 5))
+    cache.dropped_elsewhere(["c-1"], keep_aside=True)
+    cache.saved_elsewhere([], NOW)  # that transaction's states: none of them c-1's (e.g. it did not fit)
+    cache.dropped_elsewhere(["c-2"], keep_aside=True)  # the next transaction
+    cache.saved_elsewhere(shared(4, purchase("e-3", 1)), NOW)
+    assert cache.get("c-1", with_activity=False) is None

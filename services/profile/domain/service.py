@@ -107,6 +107,8 @@ class StoredProfile:
     recent_activity: tuple[Activity, ...]
     #: Whose profile it is: the id asked for, or the customer it was merged into.
     customer_id: str = ""
+    #: The state row's version (0: not known).
+    version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
