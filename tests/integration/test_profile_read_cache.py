@@ -260,6 +260,23 @@ async def test_replicas_sharing_saved_states_refill_one_anothers_caches_without_
     assert await c_stub.GetProfile(PROFILE, timeout=5) == on_a
 
 
+@postgres_only
+async def test_a_state_larger_than_a_notify_payload_is_shared_compressed(replica):
+    a_stub, a_app, _ = await replica(notify_saved_states=True)
+    b_stub, _, _ = await replica(notify_saved_states=True)
+    cache = cache_of(a_app)
+    # 350 orders an hour apart: the state's JSON is over 8,000 bytes, PostgreSQL's limit for one payload.
+    await ingest(b_stub, *(purchase(f"e-{i}", ago(hours=400 - i)) for i in range(350)))
+    await read_twice(a_stub, cache)
+    version, misses = cache.held_version("c-1"), cache.misses
+    assert version
+    await ingest(b_stub, purchase("e-last", ago(minutes=5)))
+    await until(lambda: cache.held_version("c-1") == version + 1, seconds=5)
+    on_a = await a_stub.GetProfile(PROFILE, timeout=5)
+    assert cache.misses == misses and on_a.profile.traits.order_count == 351
+    assert on_a == await b_stub.GetProfile(PROFILE, timeout=5)
+
+
 # ---------------------------------------------------------------------------------------------- regressions
 
 

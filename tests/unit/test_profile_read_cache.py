@@ -11,7 +11,7 @@ import pytest
 from services.profile.domain import AcceptedEvent, Activity, ProfileState
 from services.profile.domain import events as ev
 from services.profile.domain.events import summarize
-from services.profile.storage import CachedProfile, ReadCache
+from services.profile.storage import CachedProfile, ReadCache, shared_document
 
 pytestmark = pytest.mark.unit
 
@@ -293,7 +293,7 @@ def held(cache: ReadCache, version: int, *events: AcceptedEvent) -> CachedProfil
 def shared(version: int, *events: AcceptedEvent, before: tuple[AcceptedEvent, ...] = ()):
     """Another replica's saved state of c-1 (after `before` and these new events) as its NOTIFY carries it."""
     rows = [[a.event_id, a.kind, a.occurred_at.isoformat(), a.summary] for a in activity(*events)]
-    return [("c-1", version, encoded(folded(*before, *events).to_document()), rows)]
+    return [("c-1", version, shared_document(encoded(folded(*before, *events).to_document())), rows)]
 
 
 def test_another_replicas_next_version_refills_the_entry_it_dropped_with_the_new_events_merged():
@@ -334,7 +334,7 @@ def test_nothing_is_set_aside_unless_asked_nor_for_an_entry_of_unknown_version()
     assert cache.get("c-1", with_activity=False) is None
     read(cache, "c-2", entry(purchase("e-9", 5, customer_id="c-2")))  # version 0: not known
     cache.dropped_elsewhere(["c-2"], keep_aside=True)
-    cache.saved_elsewhere([("c-2", 1, encoded(folded().to_document()), [])], NOW)
+    cache.saved_elsewhere([("c-2", 1, shared_document(encoded(folded().to_document())), [])], NOW)
     assert cache.get("c-2", with_activity=False) is None
 
 
