@@ -111,7 +111,8 @@ async def notify(connection: AsyncConnection, channel: str, ids: Sequence[str], 
     `origin` names the announcing process, so that it can tell its own announcements from other replicas'.
 
     A payload is a JSON array, the origin then the ids: any id survives the trip (a line break, non-ASCII), and the
-    size is counted in encoded bytes, which is what PostgreSQL limits."""
+    size is counted in encoded bytes, which is what PostgreSQL limits. Ids are short (the services cap them at 128
+    characters), so none is ever too large for a payload."""
     await notify_items(connection, channel, [orjson.dumps(origin)], [orjson.dumps(value) for value in dict.fromkeys(ids)])
 
 
@@ -166,7 +167,8 @@ class PostgresRelay:
         #: Called with the ids of every other process's announcement (e.g. to drop them from a cache).
         self._on_notify = on_notify
         #: Further channels heard on the same connection, each payload handed as is to its callback: PostgreSQL
-        #: delivers one transaction's notifications together and in the order they were sent, across channels.
+        #: delivers a transaction's notifications one after another in the order sent, across channels (each is a
+        #: callback of its own: other work may run between them).
         self._also = dict(also or {})
         self._task: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()

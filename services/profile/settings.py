@@ -48,7 +48,7 @@ class ProfileSettings(ServiceSettings):
         False,
         description="PostgreSQL, several replicas (e.g. one taking the event streams, others the reads): each "
         "replica NOTIFYs the states it saved and refills its read cache from the others', instead of reading "
-        "again every customer another replica wrote. Set it alike on every replica.",
+        "again every customer another replica wrote. Replicas without it stay correct (they read again).",
     )
     lineage_poll_seconds: float = Field(
         2.0,

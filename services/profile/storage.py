@@ -241,10 +241,9 @@ class ReadCache:
         self._filled_in: int | None = None  # the session the entries were kept in
         self._entries: OrderedDict[str, CachedProfile] = OrderedDict()
         self._loading: dict[str, object] = {}  # customer -> token of the newest read in flight
-        #: Entries another replica's announcement dropped, kept aside for the states that follow it (their version
-        #: and recent activity), and whether what is kept aside predates the last shared states.
+        #: Entries the last announcement of another replica dropped, kept aside for the states that follow it
+        #: (their version and recent activity).
         self._aside: dict[str, tuple[int, tuple[Activity, ...] | None]] = {}
-        self._aside_used = False
         self.hits = 0
         self.misses = 0
 
@@ -292,11 +291,19 @@ class ReadCache:
         by whose state they joined)."""
         for customer_id, document in documents.items():
             self._loading.pop(customer_id, None)
+            self._aside.pop(customer_id, None)  # another replica's state, if it comes, is older than this one
             entry = self._entries.get(customer_id)
             if entry is None:
                 continue  # nobody read it lately: no need to keep it
+            version = versions[customer_id]
+            if entry.version and entry.version + 1 != version:
+                # Another replica wrote in between and its announcement is still on its way: the entry's activity
+                # lacks those events. Read it afresh.
+                del self._entries[customer_id]
+                continue
             activity = self._with(entry.activity, events.get(customer_id))
-            self._entries[customer_id] = CachedProfile.saved(document, at, activity, versions[customer_id])
+            # An entry of unknown version stays unknown: its activity was not read in one snapshot with a version.
+            self._entries[customer_id] = CachedProfile.saved(document, at, activity, version if entry.version else 0)
 
     def _with(self, activity: tuple[Activity, ...] | None, new: Sequence[Activity] | None) -> tuple[Activity, ...] | None:
         if activity is None or not new:
@@ -306,9 +313,9 @@ class ReadCache:
     def dropped_elsewhere(self, customer_ids: Iterable[str], keep_aside: bool) -> None:
         """Another replica announced changes of these customers: forget them (and reads of them in flight); with
         `keep_aside`, set their entries' version and activity aside for the states that replica may share next."""
-        if self._aside_used or len(self._aside) > self._max_entries:
-            self._aside.clear()  # a new transaction's announcement: the previous one's states came, or never will
-            self._aside_used = False
+        # Only the states right after an announcement are of the transaction it announced (PostgreSQL delivers a
+        # transaction's notifications in the order sent, announcement first): what an earlier one set aside goes.
+        self._aside.clear()
         for customer_id in customer_ids:
             entry = self._entries.pop(customer_id, None)
             self._loading.pop(customer_id, None)
@@ -320,15 +327,15 @@ class ReadCache:
         as `shared_document` sends it, new events as [event id, kind, ISO time, summary]]: an entry set aside comes
         back if this is the next version of the row it held (only those are decoded: most states shared are of
         customers not held here)."""
-        self._aside_used = True
         if not self._vouched():
             return
         for customer_id, version, document, events in saved:
             held = self._aside.pop(customer_id, None)
-            if held is not None and held[0] + 1 == version and customer_id not in self._loading:
-                new = [Activity(e, k, datetime.fromisoformat(t), m) for e, k, t, m in events]
-                activity = self._with(held[1], new)
-                self._put(customer_id, CachedProfile.saved(_document_shared(document), at, activity, version))
+            if held is None or held[0] + 1 != version or customer_id in self._loading or customer_id in self._entries:
+                continue  # a gap, or a read under way or kept meanwhile (it read this version or a later one)
+            new = [Activity(e, k, datetime.fromisoformat(t), m) for e, k, t, m in events]
+            activity = self._with(held[1], new)
+            self._put(customer_id, CachedProfile.saved(_document_shared(document), at, activity, version))
 
     def invalidate(self, customer_ids: Iterable[str] | None = None) -> None:
         """Forget these customers (None: everyone), including reads of them in flight."""
@@ -340,6 +347,7 @@ class ReadCache:
         for customer_id in customer_ids:
             self._entries.pop(customer_id, None)
             self._loading.pop(customer_id, None)
+            self._aside.pop(customer_id, None)
 
     def _put(self, customer_id: str, entry: CachedProfile) -> None:
         self._entries[customer_id] = entry
@@ -907,9 +915,10 @@ class SqlProfileRepository:
                     )
                 )
                 activity = [Activity(event_id, kind, as_utc(at), summary) for event_id, kind, at, summary in events]
+        # Activity read by statements of its own (a survivor's group) shares no snapshot with the row's version.
         return StoredProfile(
             ProfileState.from_document(row.state), as_utc(row.updated_at), tuple(activity), customer_id=owner,
-            version=row.version,
+            version=0 if recent_activity else row.version,
         )
 
     async def load_segments(self) -> list[SegmentDefinition]:

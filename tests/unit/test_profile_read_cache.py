@@ -368,3 +368,49 @@ def test_the_next_announcement_after_shared_states_starts_a_new_set_aside():
     cache.dropped_elsewhere(["c-2"], keep_aside=True)  # the next transaction
     cache.saved_elsewhere(shared(4, purchase("e-3", 1)), NOW)
     assert cache.get("c-1", with_activity=False) is None
+
+
+def test_this_replicas_own_commit_between_an_announcement_and_its_states_wins():
+    cache = ReadCache(max_entries=10, activity_limit=3)
+    held(cache, 1, purchase("e-1", 5))
+    cache.dropped_elsewhere(["c-1"], keep_aside=True)  # another replica committed version 2
+    cache.committed({"c-1": encoded(folded().to_document())}, {"c-1": 3}, {}, NOW)  # this one, version 3
+    cache.saved_elsewhere(shared(2, purchase("e-2", 3)), NOW)  # version 2's state arrives late: older
+    assert cache.get("c-1", with_activity=False) is None
+
+
+def test_a_read_kept_between_an_announcement_and_its_states_is_not_overwritten():
+    cache = ReadCache(max_entries=10, activity_limit=3)
+    held(cache, 1, purchase("e-1", 5))
+    cache.dropped_elsewhere(["c-1"], keep_aside=True)
+    fresh = CachedProfile(folded(purchase("e-1", 5), purchase("e-2", 3)), NOW, None, version=2)
+    read(cache, "c-1", fresh)
+    cache.saved_elsewhere(shared(2, purchase("e-2", 3)), NOW)
+    assert cache.get("c-1", with_activity=False) is fresh
+
+
+def test_a_commit_over_an_entry_another_replica_wrote_since_drops_it_instead_of_writing_through():
+    cache = ReadCache(max_entries=10, activity_limit=3)
+    held(cache, 1, purchase("e-1", 5))
+    # Another replica committed version 2 (its announcement not here yet); this one commits version 3.
+    cache.committed({"c-1": encoded(folded().to_document())}, {"c-1": 3}, {"c-1": list(activity(view("e-3", 1)))}, NOW)
+    assert cache.get("c-1", with_activity=True) is None  # version 3's activity would lack version 2's events
+
+
+def test_an_entry_of_unknown_version_is_written_through_but_never_refilled():
+    cache = ReadCache(max_entries=10, activity_limit=3)
+    read(cache, "c-1", entry(purchase("e-1", 5)))  # version 0: e.g. a survivor's activity read apart from its row
+    cache.committed({"c-1": encoded(folded().to_document())}, {"c-1": 7}, {}, NOW)
+    assert cache.held_version("c-1") == 0 and cache.get("c-1", with_activity=True) is not None
+    cache.dropped_elsewhere(["c-1"], keep_aside=True)
+    cache.saved_elsewhere(shared(8, purchase("e-2", 1)), NOW)
+    assert cache.get("c-1", with_activity=False) is None
+
+
+def test_only_the_states_right_after_an_announcement_refill_what_it_set_aside():
+    cache = ReadCache(max_entries=10, activity_limit=3)
+    held(cache, 3, purchase("e-1", 5))
+    cache.dropped_elsewhere(["c-1"], keep_aside=True)  # a replica that shares no states (e.g. an older release)
+    cache.dropped_elsewhere(["c-2"], keep_aside=True)  # the next transaction, from a replica that shares
+    cache.saved_elsewhere(shared(4, purchase("e-3", 1)), NOW)
+    assert cache.get("c-1", with_activity=False) is None
