@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import orjson
 from sqlalchemy import text
@@ -116,14 +117,13 @@ async def notify(connection: AsyncConnection, channel: str, ids: Sequence[str], 
     await notify_items(connection, channel, [orjson.dumps(origin)], [orjson.dumps(value) for value in dict.fromkeys(ids)])
 
 
-async def notify_items(connection: AsyncConnection, channel: str, head: Sequence[bytes], items: Iterable[bytes]) -> int:
-    """NOTIFY JSON-encoded `items` in as few payloads as fit, each a JSON array of the `head` values then items.
-    An item too large for any payload is not sent; returns how many were not."""
+async def notify_items(connection: AsyncConnection, channel: str, head: Sequence[bytes], items: Iterable[bytes]) -> None:
+    """NOTIFY JSON-encoded `items` in as few payloads as fit, each a JSON array of the `head` values (the origin
+    first) then items. An item too large for any payload is not sent."""
     base = sum(len(value) + 1 for value in head) + 1
-    chunk, size, skipped = list(head), base, 0
+    chunk, size = list(head), base
     for encoded in items:
         if base + len(encoded) + 1 > _MAX_PAYLOAD:
-            skipped += 1
             continue
         if len(chunk) > len(head) and size + len(encoded) + 1 > _MAX_PAYLOAD:
             await _send(connection, channel, chunk)
@@ -132,7 +132,6 @@ async def notify_items(connection: AsyncConnection, channel: str, head: Sequence
         size += len(encoded) + 1
     if len(chunk) > len(head):
         await _send(connection, channel, chunk)
-    return skipped
 
 
 async def _send(connection: AsyncConnection, channel: str, encoded: list[bytes]) -> None:
@@ -156,7 +155,7 @@ class PostgresRelay:
         *,
         origin: str | None = None,
         on_notify: Callable[[list[str]], None] | None = None,
-        also: Mapping[str, Callable[[str], None]] | None = None,
+        also: Mapping[str, Callable[[list[Any]], None]] | None = None,
     ) -> None:
         self._engine = engine
         self._channel = channel
@@ -166,10 +165,13 @@ class PostgresRelay:
         self._origin = origin
         #: Called with the ids of every other process's announcement (e.g. to drop them from a cache).
         self._on_notify = on_notify
-        #: Further channels heard on the same connection, each payload handed as is to its callback: PostgreSQL
-        #: delivers a transaction's notifications one after another in the order sent, across channels (each is a
-        #: callback of its own: other work may run between them).
+        #: Further channels heard on the same connection (payloads as `notify_items` sends them: each callback gets
+        #: the values after the origin, other processes' only). PostgreSQL delivers a transaction's notifications
+        #: one after another in the order sent, across channels (each a callback of its own: other work may run
+        #: between them).
         self._also = dict(also or {})
+        #: How this process's own payloads begin (the origin is their first value): skipped before any parsing.
+        self._own = orjson.dumps([origin])[:-1].decode() if origin is not None else None
         self._task: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()
         self._sessions = 0
@@ -201,18 +203,27 @@ class PostgresRelay:
         async with self._engine.connect() as connection:
             raw = (await connection.get_raw_connection()).driver_connection  # asyncpg.Connection
 
+            def values(payload: str) -> list[Any] | None:
+                """The payload's values after the origin; None for this process's own (published at commit)."""
+                return None if self._own is not None and payload.startswith(self._own) else orjson.loads(payload)[1:]
+
             def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
-                origin, *ids = orjson.loads(payload)
-                if self._origin is not None and origin == self._origin:
-                    return  # this process published them at commit
+                ids = values(payload)
+                if ids is None:
+                    return
                 self._feed.publish(ids)
                 if self._on_notify is not None:
                     self._on_notify(ids)
 
+            def on_also(_conn: object, _pid: int, channel: str, payload: str) -> None:
+                rest = values(payload)
+                if rest is not None:
+                    self._also[channel](rest)
+
             raw.add_termination_listener(lambda _conn: lost.set())
             await raw.add_listener(self._channel, on_notify)
-            for channel, callback in self._also.items():
-                await raw.add_listener(channel, lambda _conn, _pid, _channel, payload, cb=callback: cb(payload))
+            for channel in self._also:
+                await raw.add_listener(channel, on_also)
             try:
                 self._feed.resume()
                 self._sessions += 1

@@ -787,7 +787,6 @@ class SqlProfileRepository:
         #: PostgreSQL every other replica's by NOTIFY, which also drops them from the read cache.
         self.changes = ChangeFeed()
         self.origin = uuid.uuid4().hex  # tells this process's announcements from other replicas'
-        self._own_saved = orjson.dumps([self.origin])[:-1].decode()  # how this process's shared states begin
         self.relay: PostgresRelay | None = None
         session: Callable[[], int | None] = lambda: 0  # noqa: E731 - SQLite: one process writes
         #: Replicas that share their saved states refill their read caches from one another's (PostgreSQL).
@@ -803,10 +802,8 @@ class SqlProfileRepository:
     def _changed_elsewhere(self, customer_ids: list[str]) -> None:
         self.reads.dropped_elsewhere(customer_ids, keep_aside=self._share_saved)  # another replica committed them
 
-    def _saved_elsewhere(self, payload: str) -> None:
-        if payload.startswith(self._own_saved):
-            return  # this process's own states (the payload's head is its origin)
-        _, at, *saved = orjson.loads(payload)
+    def _saved_elsewhere(self, values: list[Any]) -> None:
+        at, *saved = values  # as `_notify_saved` sends them, after the origin
         self.reads.saved_elsewhere(saved, datetime.fromisoformat(at))
 
     @asynccontextmanager
