@@ -80,14 +80,15 @@ async def _serve(port_file: Path, samples_file: Path) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     cache = repository.reads
-    collections = {"count": 0, "seconds": 0.0, "started": 0.0}
+    collections: list[tuple[int, float]] = []  # (generation, milliseconds) of each collection while measured
+    collection_started = 0.0
 
-    def timed_collection(phase: str, _info: dict) -> None:
+    def timed_collection(phase: str, info: dict) -> None:
+        nonlocal collection_started
         if phase == "start":
-            collections["started"] = time.perf_counter()
+            collection_started = time.perf_counter()
         else:
-            collections["count"] += 1
-            collections["seconds"] += time.perf_counter() - collections["started"]
+            collections.append((info["generation"], (time.perf_counter() - collection_started) * 1000))
 
     gc.callbacks.append(timed_collection)
 
@@ -95,7 +96,7 @@ async def _serve(port_file: Path, samples_file: Path) -> None:
         for kept in samples.values():
             kept.clear()
         cache.hits = cache.misses = 0
-        collections.update(count=0, seconds=0.0)
+        collections.clear()
 
     loop.add_signal_handler(signal.SIGUSR1, measure_from_now)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -108,7 +109,7 @@ async def _serve(port_file: Path, samples_file: Path) -> None:
                 **samples,
                 "cache": [cache.hits, cache.misses, len(cache)],
                 "peak_rss_mb": peak_rss_mb,
-                "gc": [collections["count"], collections["seconds"]],
+                "gc": collections,
             }
         )
     )
@@ -251,6 +252,17 @@ def _cpu_seconds(pid: int) -> float:
     except OSError:
         return float("nan")
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _collections(collections: list[tuple[int, float]]) -> str:
+    """Count and longest pause per generation: a full collection stops every read in flight."""
+    by_generation: dict[int, list[float]] = {}
+    for generation, ms in collections:
+        by_generation.setdefault(generation, []).append(ms)
+    return ", ".join(
+        f"generation {generation}: {len(pauses)} (longest {max(pauses):.1f} ms)"
+        for generation, pauses in sorted(by_generation.items())
+    ) or "none"
 
 
 def _percentiles(samples: list[float]) -> str:
@@ -556,7 +568,8 @@ async def _bench(options, tmp: Path) -> int:
         )
         print(
             f"the service process used {counts['cpu'] / elapsed:.0%} of one core while measured, "
-            f"{samples['gc'][1] / elapsed:.1%} of it in {samples['gc'][0]} garbage collections"
+            f"{sum(ms for _, ms in samples['gc']) / 1000 / elapsed:.1%} of the time in garbage collections: "
+            + _collections(samples["gc"])
         )
         print(
             f"reads achieved {counts['measured_reads'] / elapsed:.0f}/s ({counts['read_errors']} failed); "
