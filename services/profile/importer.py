@@ -54,7 +54,7 @@ FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "lines": (("order_id", "sku", "quantity", "unit_price"), ("list_price", "category", "brand", "size", "colour")),
     "returns": (
         ("return_id", "order_id", "returned_at", "sku", "quantity", "refund_amount", "method"),
-        (*CUSTOMER_FIELDS, "reason"),
+        (*CUSTOMER_FIELDS, "reason", "category"),
     ),
     "ledger": (("entry_id", "posted_at", "type", "amount"), (*CUSTOMER_FIELDS, "order_id")),
     "transactions": (("date", "amount"), (*CUSTOMER_FIELDS, "order_id", "sku", "quantity", "channel", "store_id")),
@@ -269,6 +269,7 @@ def erp_events(files: Mapping[str, Path], mapping: Mapping[str, Mapping[str, str
 
     if "returns" in files:
         returns: dict[str, tuple[pb.Event, Customer]] = {}
+        bad_returns: dict[str, str] = {}  # return id -> where its first malformed row is
         for where, row in rows("returns"):
             try:
                 return_id = _required(row, "return_id")
@@ -276,6 +277,7 @@ def erp_events(files: Mapping[str, Path], mapping: Mapping[str, Mapping[str, str
                     sku=_required(row, "sku"),
                     quantity=_integer(row["quantity"], "quantity"),
                     refund_amount=_number(row["refund_amount"], "refund_amount"),
+                    category=row.get("category", ""),
                 )
                 if return_id not in returns:
                     customer = owner(row)
@@ -292,8 +294,15 @@ def erp_events(files: Mapping[str, Path], mapping: Mapping[str, Mapping[str, str
                     returns[return_id] = (event, customer)
             except RowError as exc:
                 report.errors.append(f"{where}: {exc}")
+                if row.get("return_id"):
+                    bad_returns.setdefault(row["return_id"], where)
                 continue
             returns[return_id][0].product_return.lines.append(line)
+        # A return missing one of its rows would be applied short, and its id would then make the corrected
+        # file's return a duplicate: it is left out whole, as an order with a malformed line is.
+        for return_id, where in bad_returns.items():
+            if returns.pop(return_id, None) is not None:
+                report.errors.append(f"{where}: return {return_id}: left out, some of its rows are malformed")
         report.events.extend(customer.apply(event) for event, customer in returns.values())
 
     if "ledger" in files:
@@ -318,13 +327,17 @@ def erp_events(files: Mapping[str, Path], mapping: Mapping[str, Mapping[str, str
 
 def transaction_events(path: Path, mapping: Mapping[str, str], source: str = "replay") -> Report:
     """Purchase events from a CSV of historical transactions (customer, date, amount, ...), sorted by date.
-    Without an order_id column a row's id is a digest of its mapped values and its position among identical
-    rows, so a re-run sends the same ids."""
+    Rows sharing an order_id are the lines of one purchase (dated by its first row); an order with a malformed
+    row is left out whole. Without an order_id column a row is a purchase of its own, its id a digest of its
+    mapped values and its position among identical rows, so a re-run sends the same ids."""
     report = Report()
-    dated: list[tuple[datetime, pb.Event]] = []
+    purchases: list[tuple[datetime, pb.Event, Customer]] = []
+    orders: dict[str, tuple[datetime, pb.Event, Customer]] = {}  # the purchases with an order id, by it
+    bad_orders: dict[str, str] = {}  # order id -> where its first malformed row is
     seen: dict[str, int] = {}
     for line, row in _Rows(path, "transactions", mapping):
         where = f"{path}:{line}"
+        order_id = row.get("order_id", "")
         try:
             customer = _customer(row)
             if customer is None:
@@ -334,7 +347,13 @@ def transaction_events(path: Path, mapping: Mapping[str, str], source: str = "re
             quantity = _integer(row.get("quantity", ""), "quantity", 1)
             if quantity < 1:
                 raise RowError(f"quantity: must be at least 1, got {quantity}")
-            key = row.get("order_id") or hashlib.sha256(repr(sorted(row.items())).encode()).hexdigest()[:32]
+            order_line = pb.OrderLine(sku=row.get("sku") or "UNKNOWN", quantity=quantity, unit_price=amount / quantity)
+            if order_id in orders:
+                if orders[order_id][2] != customer:
+                    raise RowError(f"order {order_id}: its lines name different customers")
+                orders[order_id][1].purchase.lines.append(order_line)
+                continue
+            key = order_id or hashlib.sha256(repr(sorted(row.items())).encode()).hexdigest()[:32]
             seen[key] = seen.get(key, 0) + 1
             suffix = () if seen[key] == 1 else (str(seen[key]),)
             event = pb.Event(
@@ -342,17 +361,23 @@ def transaction_events(path: Path, mapping: Mapping[str, str], source: str = "re
                 occurred_at=to_timestamp(when),
                 source=source,
                 purchase=pb.Purchase(
-                    order_id=row.get("order_id", ""),
-                    lines=[pb.OrderLine(sku=row.get("sku") or "UNKNOWN", quantity=quantity,
-                                        unit_price=amount / quantity)],
+                    order_id=order_id,
+                    lines=[order_line],
                     channel=_choice(row.get("channel", ""), CHANNELS, "channel"),
                     store_id=row.get("store_id", ""),
                 ),
             )
         except RowError as exc:
             report.errors.append(f"{where}: {exc}")
+            if order_id:
+                bad_orders.setdefault(order_id, where)
             continue
-        dated.append((when, customer.apply(event)))
-    dated.sort(key=lambda item: item[0])
-    report.events = [event for _, event in dated]
+        purchases.append((when, event, customer))
+        if order_id:
+            orders[order_id] = purchases[-1]
+    for order_id, where in bad_orders.items():
+        if order_id in orders:
+            report.errors.append(f"{where}: order {order_id}: left out, some of its rows are malformed")
+    kept = sorted((p for p in purchases if p[1].purchase.order_id not in bad_orders), key=lambda p: p[0])
+    report.events = [customer.apply(event) for _, event, customer in kept]
     return report

@@ -127,3 +127,49 @@ c-3,yesterday,5,
     assert len(set(ids)) == 3 and ids[1] == ids[0] + ":2"  # identical rows are distinct purchases
     assert ids == [e.event_id for e in transaction_events(path, {"customer_id": "customer"}).events]
     assert report.errors == [f"{path}:5: date: not an ISO date or date-time: 'yesterday'"]
+
+
+def test_a_return_with_a_malformed_row_is_left_out_whole(tmp_path, erp):
+    # Applied short, its deterministic id would make the corrected file's return a duplicate: the refund lost.
+    returns = write(tmp_path, "returns-bad.csv", """
+return_id,order_id,returned_at,sku,quantity,refund_amount,method,category
+R1,A1,2025-01-20,SKU-1,x,40,store,shoes
+R1,A1,2025-01-20,SKU-2,1,20,store,bags
+R3,A2,2025-02-20,SKU-3,1,60,courier,shoes
+""")
+    report = erp_events({"orders": erp["orders"], "lines": erp["lines"], "returns": returns}, MAPPING)
+    by_id = {event.event_id: event for event in report.events}
+    assert "erp:return:R1" not in by_id
+    assert [(line.sku, line.category) for line in by_id["erp:return:R3"].product_return.lines] == [("SKU-3", "shoes")]
+    assert f"{returns}:2: quantity: not a number: 'x'" in report.errors
+    assert report.errors[-1] == f"{returns}:2: return R1: left out, some of its rows are malformed"
+
+    fixed = write(tmp_path, "returns-fixed.csv", returns.read_text().replace("SKU-1,x,", "SKU-1,1,"))
+    again = erp_events({"orders": erp["orders"], "lines": erp["lines"], "returns": fixed}, MAPPING)
+    r1 = {event.event_id: event for event in again.events}["erp:return:R1"]
+    assert [line.refund_amount for line in r1.product_return.lines] == [40.0, 20.0]
+
+
+def test_replay_rows_sharing_an_order_id_are_the_lines_of_one_purchase(tmp_path):
+    path = write(tmp_path, "lines.csv", """
+order,customer,date,amount,quantity,sku
+O-2,c-1,2024-05-03,30,3,SKU-A
+O-1,c-1,2024-05-01,10,1,SKU-A
+O-1,c-1,2024-05-01,24,2,SKU-B
+O-3,c-2,2024-05-04,5,1,SKU-C
+O-3,c-2,2024-05-04,oops,1,SKU-D
+O-4,c-2,2024-05-04,5,1,SKU-C
+O-4,c-3,2024-05-04,5,1,SKU-D
+""")
+    report = transaction_events(path, {"customer_id": "customer", "order_id": "order"})
+    assert [(e.event_id, [(line.sku, line.quantity, line.unit_price) for line in e.purchase.lines])
+            for e in report.events] == [
+        ("replay:O-1", [("SKU-A", 1, 10.0), ("SKU-B", 2, 12.0)]),
+        ("replay:O-2", [("SKU-A", 3, 10.0)]),
+    ]
+    assert report.errors == [
+        f"{path}:6: amount: not a number: 'oops'",
+        f"{path}:8: order O-4: its lines name different customers",
+        f"{path}:6: order O-3: left out, some of its rows are malformed",
+        f"{path}:8: order O-4: left out, some of its rows are malformed",
+    ]
