@@ -182,6 +182,17 @@ def test_purchase_intent_rises_with_recent_views_dwell_repeats_and_cart_and_fade
     assert browsing.traits(NOW + timedelta(days=2)).purchase_intent == 0.0
 
 
+def test_many_different_skus_viewed_once_each_are_no_repeated_views():
+    # More SKUs than last_viewed keeps: the view count exceeds the SKUs it holds without any SKU seen twice.
+    eleven = fold(*[(ev.ProductView(f"SKU-{n}", 1.0), at(hours=(n + 1) / 60)) for n in range(11)])
+    assert eleven.traits(NOW).purchase_intent == pytest.approx(0.3 + 0.2 * 1 / 120, abs=1e-6)
+    # One SKU viewed twice in the window is; a view before the window does not count.
+    twice = fold(*[(ev.ProductView("SKU-3", 1.0), at(hours=h)) for h in (30, 2, 1)])
+    assert twice.traits(NOW).purchase_intent == pytest.approx(0.3 * 2 / 5 + 0.2 * 1 / 120 + 0.2, abs=1e-6)
+    once = fold(*[(ev.ProductView("SKU-3", 1.0), at(hours=h)) for h in (30, 2)])
+    assert once.traits(NOW).purchase_intent == pytest.approx(0.3 * 1 / 5 + 0.2 * 1 / 120, abs=1e-6)
+
+
 def test_a_document_written_before_the_new_traits_reads_as_defaults():
     traits = ProfileState.from_document({"total_spend": 10.0, "order_count": 1}).traits(NOW)
     assert (traits.spend_365d, traits.searches, traits.favourite_categories, traits.write_offs) == (0.0, 0, (), 0.0)

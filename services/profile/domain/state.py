@@ -554,7 +554,10 @@ class ProfileState:
         views = len(self.view_times) - bisect_left(self.view_times, since.timestamp())
         dwell = max((view.dwell_seconds for view in self.last_viewed if view.viewed_at >= since), default=0.0)
         recent_skus = [view.sku for view in self.last_viewed if view.viewed_at >= since]
-        repeated = 1.0 if views > len(set(recent_skus)) and recent_skus else 0.0
+        # More views than SKUs means a SKU was viewed again, but only while the bounded last_viewed still holds
+        # every SKU viewed in the window (eleven SKUs viewed once each are no repeat).
+        every_sku_known = len(self.last_viewed) < LAST_VIEWED_LIMIT or self.last_viewed[-1].viewed_at < since
+        repeated = 1.0 if recent_skus and every_sku_known and views > len(recent_skus) else 0.0
         cart_active = 1.0 if self.cart_log and self.cart_log[-1].at >= since and self.cart_lines() else 0.0
         score = 0.3 * min(views / 5, 1.0) + 0.2 * min(dwell / 120, 1.0) + 0.2 * repeated + 0.3 * cart_active
         return round(score, 6)
