@@ -186,12 +186,14 @@ async def test_malformed_events_are_rejected_by_index_and_field_and_the_rest_app
         stub,
         event("ok-1", purchase=buy((1, 10.0, 10.0))),
         event("bad-qty", purchase=buy((1, 10.0, 10.0), (0, 5.0, 5.0))),
-        pb.Event(event_id="bad-payload", customer_id="c-1", occurred_at=to_timestamp(ago(hours=1))),
+        pb.Event(event_id="bad-payload", customer_id="c-1", occurred_at=to_timestamp(ago(hours=1)), source="web"),
         event("bad-who", customer_id="", page_view=pb.PageView(page="home")),
         event("bad-time", customer_id="c-2", when=NOW + timedelta(hours=1), page_view=pb.PageView(page="home")),
         event("", page_view=pb.PageView(page="home")),
         event("ok-2", cart_change=pb.CartChange(action=pb.CART_ACTION_CLEAR)),
         event("bad-enum", product_return=pb.ProductReturn(lines=[pb.ReturnLine(sku="S", quantity=1)], method=9)),
+        pb.Event(event_id="bad-source", customer_id="c-1", occurred_at=to_timestamp(ago(hours=1)),
+                 page_view=pb.PageView(page="home")),
     )
     assert (answer.accepted, answer.duplicates) == (2, 0)
     assert [(r.index, r.event_id, r.field) for r in answer.rejected] == [
@@ -201,6 +203,7 @@ async def test_malformed_events_are_rejected_by_index_and_field_and_the_rest_app
         (4, "bad-time", "occurred_at"),
         (5, "", "event_id"),
         (7, "bad-enum", "product_return.method"),
+        (8, "bad-source", "source"),
     ]
     assert answer.rejected[0].reason == "must be at least 1, got 0"
     assert answer.rejected[5].reason == "unknown value #9"  # a number from a newer contract

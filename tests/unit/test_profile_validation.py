@@ -71,6 +71,9 @@ def test_identifiers_stand_in_for_a_missing_customer_id():
         ),
         ({"occurred_at": None}, "occurred_at", "required"),
         ({"occurred_at": NOW + timedelta(minutes=6)}, "occurred_at", "future"),
+        ({"source": ""}, "source", "required"),
+        ({"source": "  "}, "source", "required"),
+        ({"source": "s" * 65}, "source", "at most 64"),
         ({"payload": None}, "payload", "exactly one"),
     ],
 )

@@ -39,6 +39,8 @@ from services.profile.domain.events import (
 MAX_ID_LENGTH = 128
 #: Use cases are map keys of every profile: short names, not free text.
 MAX_USE_CASE_LENGTH = 64
+#: Sources name producing systems ("web", "pos", "erp"): short names, not free text.
+MAX_SOURCE_LENGTH = 64
 #: Producers' clocks drift; an event further ahead than this is a producer bug, not drift.
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 
@@ -61,6 +63,10 @@ def validate_event(event: Event, now: datetime) -> None:
                 raise InvalidArgument(f"identifiers[{i}].value", "required")
     if event.occurred_at is None:
         raise InvalidArgument("occurred_at", "required: a valid timestamp")
+    if not event.source.strip():
+        raise InvalidArgument("source", "required: the producing system, e.g. web, pos, erp")
+    if len(event.source) > MAX_SOURCE_LENGTH:
+        raise InvalidArgument("source", f"at most {MAX_SOURCE_LENGTH} characters")
     if event.occurred_at > now + MAX_CLOCK_SKEW:
         raise InvalidArgument("occurred_at", "more than 5 minutes in the future")
     if event.payload is None:
