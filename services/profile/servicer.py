@@ -198,6 +198,7 @@ def _profile(view: ProfileView) -> pb.Profile:
             logins=traits.logins,
             last_login_at=_timestamp(traits.last_login_at),
             ledger_refunds=traits.ledger_refunds,
+            purchase_frequency=traits.purchase_frequency,
             write_offs=traits.write_offs,
             purchase_intent=traits.purchase_intent,
             recently_returned=[

@@ -83,6 +83,20 @@ def test_a_customer_who_never_bought_has_neutral_purchase_traits():
     assert traits.average_order_value == 0.0
     assert traits.full_price_share == 0.0 and traits.shipping_paid_share == 0.0
     assert traits.return_rate == 0.0 and traits.return_method_mix == {}
+    assert traits.purchase_frequency == 0.0
+
+
+def test_purchase_frequency_is_orders_per_30_days_since_first_seen_at_least_one_month():
+    first = fold(event(ev.PageView("home"), at(days=5)), event(purchase((1, 10.0, 10.0)), at(days=1)))
+    assert first.traits(NOW).purchase_frequency == 1.0  # five days in: one order is a month's worth, no more
+    loyal = fold(
+        event(purchase((1, 10.0, 10.0)), at(days=1)),
+        event(purchase((1, 10.0, 10.0)), at(days=60)),
+        event(ev.PageView("home"), at(days=90)),  # first seen 90 days ago, arriving last
+        event(purchase((1, 10.0, 10.0)), at(days=30)),
+    )
+    assert loyal.traits(NOW).purchase_frequency == pytest.approx(1.0)  # 3 orders in 3 months
+    assert loyal.traits(NOW + timedelta(days=90)).purchase_frequency == pytest.approx(0.5)  # and nothing since
 
 
 def test_returns_fold_rate_method_mix_recent_count_and_net_value():

@@ -56,6 +56,7 @@ TRAIT_COLUMNS: tuple[str, ...] = (
     "orders_365d",
     "return_rate_by_count",
     "purchase_intent",
+    "purchase_frequency",
 )
 #: Every name ListFeatures answers: the features, then the trait columns.
 COLUMN_NAMES: tuple[str, ...] = FEATURE_NAMES + TRAIT_COLUMNS

@@ -176,6 +176,8 @@ class Traits:
     ledger_refunds: float = 0.0
     write_offs: float = 0.0
     purchase_intent: float = 0.0
+    #: Orders per 30 days since the customer was first seen (a first month counts as a whole one).
+    purchase_frequency: float = 0.0
     #: SKUs returned in the last RETURNED_ITEMS_WINDOW, newest first.
     recently_returned: tuple[ReturnedItem, ...] = ()
 
@@ -539,6 +541,7 @@ class ProfileState:
             ledger_refunds=self.ledger_refunds,
             write_offs=self.write_offs,
             purchase_intent=self.purchase_intent(now),
+            purchase_frequency=self.purchase_frequency(now),
             recently_returned=tuple(
                 sorted(
                     (item for item in self.returned_items.values() if item.returned_at >= now - RETURNED_ITEMS_WINDOW),
@@ -546,6 +549,14 @@ class ProfileState:
                 )
             ),
         )
+
+    def purchase_frequency(self, now: datetime) -> float:
+        """Orders per 30 days of the relationship (since first seen), at least one month long so that a new
+        customer's first order is not an extreme rate."""
+        if not self.order_count:
+            return 0.0
+        tenure_days = (now - self.first_seen_at).total_seconds() / 86_400 if self.first_seen_at else 0.0
+        return round(self.order_count / max(1.0, tenure_days / 30), 6)
 
     def purchase_intent(self, now: datetime) -> float:
         """0..1 from the last INTENT_WINDOW: product views (5+ saturate), the longest dwell (2 minutes
