@@ -249,9 +249,16 @@ async def _segments_apply(args: argparse.Namespace) -> int:
         return 1
 
     async def put(stub: pb_grpc.ProfileServiceStub) -> None:
+        stored = {s.name: s for s in (await stub.ListSegments(pb.ListSegmentsRequest(), timeout=args.timeout)).segments}
         for entry in entries:
             segment = pb.Segment(name=entry.get("name", ""), expression=entry.get("expression", ""),
                                  description=entry.get("description", ""))
+            current = stored.get(segment.name)
+            if current is not None and (current.expression, current.description) == (segment.expression,
+                                                                                    segment.description):
+                # A put would bump the version and re-evaluate every customer for nothing.
+                print(f"{segment.name} v{current.version}: unchanged")
+                continue
             reply = await stub.PutSegment(pb.PutSegmentRequest(segment=segment), timeout=args.timeout)
             print(f"{reply.segment.name} v{reply.segment.version}: {reply.members} members")
 

@@ -123,11 +123,13 @@ async def test_segments_apply_from_a_file(served, tmp_path, capsys):
     path.write_text('[[segments]]\nname = "vip"\nexpression = "net_value >= 100.0"\ndescription = "big"\n'
                     '[[segments]]\nname = "lapsed"\nexpression = "days_since_last_purchase > 90"\n')
     assert await run("segments", "apply", str(path), "--target", target) == 0
+    assert await run("segments", "apply", str(path), "--target", target) == 0  # the same file: nothing to put
+    path.write_text(path.read_text().replace('"big"', '"bigger"'))
     assert await run("segments", "apply", str(path), "--target", target) == 0
     out = capsys.readouterr().out
-    assert "vip v1: 0 members" in out and "vip v2: 0 members" in out
+    assert "vip v1: 0 members" in out and "vip v1: unchanged" in out and "vip v2: 0 members" in out
     listed = await stub.ListSegments(pb.ListSegmentsRequest(), timeout=5)
-    assert [(s.name, s.version) for s in listed.segments] == [("lapsed", 2), ("vip", 2)]
+    assert [(s.name, s.version) for s in listed.segments] == [("lapsed", 1), ("vip", 2)]
     path.write_text('[[segments]]\nname = "bad"\nexpression = "nope"\n')
     assert await run("segments", "apply", str(path), "--target", target) == 1
     assert "INVALID_ARGUMENT" in capsys.readouterr().err
