@@ -113,7 +113,8 @@ async def get_profile(stub, customer_id: str) -> pb.Profile:
 def comparable(traits: pb.Traits) -> pb.Traits:
     copy = pb.Traits()
     copy.CopyFrom(traits)
-    copy.ClearField("purchase_intent")  # decays with the clock, not with the data
+    for moving in ("purchase_intent", "purchase_frequency"):
+        copy.ClearField(moving)  # move with the clock, not with the data
     return copy
 
 
