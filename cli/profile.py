@@ -4,7 +4,8 @@
 - `nextbest profile import --orders F --lines F --returns F --ledger F [--map KIND.FIELD=COLUMN ...]` loads ERP
   exports (idempotent: deterministic event ids; resumable with --checkpoint);
 - `nextbest profile replay FILE [--speed N]` streams historical transactions as purchase events (StreamEvents);
-- `nextbest profile segments apply FILE | list | members NAME | delete NAME` manages segments.
+- `nextbest profile segments apply FILE | list | members NAME | history NAME | rollback NAME VERSION | delete NAME`
+  manages segments.
 """
 
 from __future__ import annotations
@@ -100,6 +101,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("name")
     s.add_argument("--page-size", type=int, default=500)
     s.set_defaults(func=_segments_members)
+    s = segment_commands.add_parser("history", parents=[common], help="list every version of a segment")
+    s.add_argument("name")
+    s.set_defaults(func=_segments_history)
+    s = segment_commands.add_parser(
+        "rollback", parents=[common], help="put an earlier version's definition again (as a new version)",
+        description="Puts the expression and description of VERSION as the segment's next version, only if "
+                    "nobody changed the segment meanwhile; a deleted segment is restored.",
+    )
+    s.add_argument("name")
+    s.add_argument("version", type=int)
+    s.set_defaults(func=_segments_rollback)
     s = segment_commands.add_parser("delete", parents=[common], help="delete a segment")
     s.add_argument("name")
     s.set_defaults(func=_segments_delete)
@@ -175,7 +187,7 @@ async def _send(args: argparse.Namespace, report: Report) -> int:
 # --- replay ---------------------------------------------------------------------------------------------------
 
 
-async def _paced(events: Sequence[pb.Event], speed: float, batch: int) -> AsyncIterator[pb.StreamEventsRequest]:
+async def paced(events: Sequence[pb.Event], speed: float, batch: int) -> AsyncIterator[pb.StreamEventsRequest]:
     """Messages of up to `batch` events, each event sent when its (scaled) history time comes."""
     if not events:
         return
@@ -216,7 +228,7 @@ async def _replay(args: argparse.Namespace) -> int:
     async with _channel(args) as channel:
         stub = pb_grpc.ProfileServiceStub(channel)
         try:
-            reply = await stub.StreamEvents(_paced(report.events, args.speed, max(1, args.batch)))
+            reply = await stub.StreamEvents(paced(report.events, args.speed, max(1, args.batch)))
         except grpc.aio.AioRpcError as exc:
             print(f"nextbest profile replay: {exc.code().name}: {exc.details()} (run again: nothing is applied "
                   "twice)", file=sys.stderr)
@@ -234,11 +246,10 @@ async def _replay(args: argparse.Namespace) -> int:
 async def _segments_call(args: argparse.Namespace, call) -> int:
     async with _channel(args) as channel:
         try:
-            await call(pb_grpc.ProfileServiceStub(channel))
+            return await call(pb_grpc.ProfileServiceStub(channel)) or 0
         except grpc.aio.AioRpcError as exc:
             print(f"nextbest profile segments: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
-    return 0
 
 
 async def _segments_apply(args: argparse.Namespace) -> int:
@@ -289,6 +300,38 @@ async def _segments_members(args: argparse.Namespace) -> int:
                 return
 
     return await _segments_call(args, show)
+
+
+async def _segments_history(args: argparse.Namespace) -> int:
+    async def show(stub: pb_grpc.ProfileServiceStub) -> None:
+        reply = await stub.ListSegmentVersions(pb.ListSegmentVersionsRequest(name=args.name), timeout=args.timeout)
+        if not reply.current_version:
+            print(f"{args.name}: deleted")
+        for segment in reply.versions:
+            current = "  (current)" if segment.version == reply.current_version else ""
+            print(f"v{segment.version} {from_timestamp(segment.updated_at).isoformat()}: {segment.expression}  "
+                  f"# {segment.description}{current}")
+
+    return await _segments_call(args, show)
+
+
+async def _segments_rollback(args: argparse.Namespace) -> int:
+    async def rollback(stub: pb_grpc.ProfileServiceStub) -> int:
+        history = await stub.ListSegmentVersions(pb.ListSegmentVersionsRequest(name=args.name), timeout=args.timeout)
+        wanted = next((s for s in history.versions if s.version == args.version), None)
+        if wanted is None:
+            print(f"nextbest profile segments rollback: {args.name} has no version {args.version}", file=sys.stderr)
+            return 1
+        segment = pb.Segment(name=wanted.name, expression=wanted.expression, description=wanted.description)
+        # expected_version: a put made since the history was read fails rather than being silently replaced.
+        reply = await stub.PutSegment(
+            pb.PutSegmentRequest(segment=segment, expected_version=history.current_version), timeout=args.timeout
+        )
+        print(f"{reply.segment.name} v{reply.segment.version}: the definition of v{args.version}, "
+              f"{reply.members} members")
+        return 0
+
+    return await _segments_call(args, rollback)
 
 
 async def _segments_delete(args: argparse.Namespace) -> int:

@@ -47,6 +47,7 @@ METHOD_SCOPES: dict[str, str] = {
     "/nextbest.profile.v1.ProfileService/PutSegment": "segments.admin",
     "/nextbest.profile.v1.ProfileService/DeleteSegment": "segments.admin",
     "/nextbest.profile.v1.ProfileService/ListSegments": "segments.read",
+    "/nextbest.profile.v1.ProfileService/ListSegmentVersions": "segments.read",
     "/nextbest.profile.v1.ProfileService/ListSegmentMembers": "segments.read",
     "/nextbest.scoring.v1.ScoringService/Score": "scoring.score",
     "/nextbest.scoring.v1.ScoringService/ScoreBatch": "scoring.score",

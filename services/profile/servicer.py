@@ -345,7 +345,13 @@ class ProfileServicer(pb_grpc.ProfileServiceServicer):
     async def ListSegments(
         self, request: pb.ListSegmentsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListSegmentsResponse:
-        return pb.ListSegmentsResponse(segments=[_segment(d) for d in self.service.list_segments()])
+        return pb.ListSegmentsResponse(segments=[_segment(d) for d in await self.service.list_segments()])
+
+    async def ListSegmentVersions(
+        self, request: pb.ListSegmentVersionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListSegmentVersionsResponse:
+        versions, current = await self.service.segment_versions(request.name)
+        return pb.ListSegmentVersionsResponse(versions=[_segment(d) for d in versions], current_version=current)
 
     async def DeleteSegment(
         self, request: pb.DeleteSegmentRequest, context: grpc.aio.ServicerContext

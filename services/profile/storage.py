@@ -47,6 +47,7 @@ from sqlalchemy import (
     any_,
     bindparam,
     delete,
+    func,
     or_,
     select,
     text,
@@ -99,6 +100,18 @@ profile_segments = Table(
     Column("description", Text, nullable=False),
     Column("version", BigInteger, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+#: Every put's definition, kept after a delete: a name's versions keep counting across a delete and a new put.
+profile_segment_versions = Table(
+    "profile_segment_versions",
+    metadata,
+    Column("name", String(64), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("expression", Text, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("name", "version", name="pk_profile_segment_versions"),
 )
 
 # Membership mirrors each state's `segments` (written in the same transaction), indexed for ListSegmentMembers.
@@ -924,8 +937,7 @@ class SqlProfileRepository:
             return [_definition(row) for row in rows]
 
     async def segments_version(self) -> str:
-        # The definitions are few (tens): their names, versions and times are the version. The time tells a
-        # segment deleted and put again (version 1 both times) from the one before.
+        # The definitions are few (tens): their names, versions and times are the version.
         async with translate_errors("read segments version"), self._reader.connect() as connection:
             rows = await connection.execute(
                 select(profile_segments.c.name, profile_segments.c.version, profile_segments.c.updated_at).order_by(
@@ -947,17 +959,35 @@ class SqlProfileRepository:
                 )
             values = {"expression": expression, "description": description, "updated_at": now}
             if current is None:
-                await connection.execute(profile_segments.insert().values(name=name, version=1, **values))
+                # A deleted segment put again goes on from its last version, so a version names one definition.
+                last = await connection.scalar(
+                    select(func.max(profile_segment_versions.c.version)).where(profile_segment_versions.c.name == name)
+                )
+                version = (last or 0) + 1
+                await connection.execute(profile_segments.insert().values(name=name, version=version, **values))
             else:
+                version = current + 1
                 # The version in the WHERE makes a concurrent put of the same segment fail instead of being lost.
                 result = await connection.execute(
                     update(profile_segments)
                     .where(profile_segments.c.name == name, profile_segments.c.version == current)
-                    .values(version=current + 1, **values)
+                    .values(version=version, **values)
                 )
                 if result.rowcount != 1:
                     raise FailedPrecondition(f"segment {name!r} was changed concurrently; retry")
-            return SegmentDefinition(name, expression, description, (current or 0) + 1, now)
+            await connection.execute(profile_segment_versions.insert().values(name=name, version=version, **values))
+            return SegmentDefinition(name, expression, description, version, now)
+
+    async def segment_versions(self, name: str) -> tuple[list[SegmentDefinition], int]:
+        async with translate_errors("read segment versions"), self._reader.connect() as connection:
+            # The current version first: a put in between adds a version to the list, never one missing from it.
+            current = await connection.scalar(select(profile_segments.c.version).where(profile_segments.c.name == name))
+            rows = await connection.execute(
+                select(profile_segment_versions)
+                .where(profile_segment_versions.c.name == name)
+                .order_by(profile_segment_versions.c.version.desc())
+            )
+            return [_definition(row) for row in rows], current or 0
 
     async def delete_segment(self, name: str) -> bool:
         async with translate_errors("delete segment"), self._engine.begin() as connection:

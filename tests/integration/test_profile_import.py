@@ -133,3 +133,26 @@ async def test_segments_apply_from_a_file(served, tmp_path, capsys):
     path.write_text('[[segments]]\nname = "bad"\nexpression = "nope"\n')
     assert await run("segments", "apply", str(path), "--target", target) == 1
     assert "INVALID_ARGUMENT" in capsys.readouterr().err
+
+
+async def test_segments_history_lists_every_version_and_rollback_puts_an_earlier_one_again(served, tmp_path, capsys):
+    target, stub, _ = served
+    for expression in ("order_count >= 1", "order_count >= 5"):
+        await stub.PutSegment(pb.PutSegmentRequest(segment=pb.Segment(name="buyers", expression=expression)),
+                              timeout=5)
+    assert await run("segments", "rollback", "buyers", "1", "--target", target) == 0
+    assert "buyers v3: the definition of v1" in capsys.readouterr().out
+    assert await run("segments", "history", "buyers", "--target", target) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" ", 1)[0] for line in lines] == ["v3", "v2", "v1"]
+    assert lines[0].endswith("(current)") and "order_count >= 1" in lines[0] and "order_count >= 5" in lines[1]
+
+    assert await run("segments", "rollback", "buyers", "7", "--target", target) == 1
+    assert "buyers has no version 7" in capsys.readouterr().err
+    await stub.DeleteSegment(pb.DeleteSegmentRequest(name="buyers"), timeout=5)
+    assert await run("segments", "history", "buyers", "--target", target) == 0
+    assert capsys.readouterr().out.startswith("buyers: deleted\nv3 ")
+    assert await run("segments", "rollback", "buyers", "2", "--target", target) == 0  # restores a deleted one
+    assert "buyers v4: the definition of v2" in capsys.readouterr().out
+    assert await run("segments", "history", "nobody", "--target", target) == 1
+    assert "NOT_FOUND: segment 'nobody' was never put" in capsys.readouterr().err

@@ -136,9 +136,12 @@ async def test_a_second_replica_reloads_definitions_put_and_deleted_elsewhere(en
     assert await second.refresh_segments() is False  # nothing changed: only the version was read
 
     await first.put_segment("gold", 'loyalty_tier == "gold"', "")
-    assert [d.name for d in second.list_segments()] == []
+    assert [d.name for d in second.segments.definitions()] == []
+    # Before it polls, the second replica already lists the stored definition and its (empty) members.
+    assert [(d.name, d.version) for d in await second.list_segments()] == [("gold", 1)]
+    assert await second.list_segment_members("gold", 0, "") == ([], "")
     assert await second.refresh_segments() is True
-    assert [(d.name, d.version) for d in second.list_segments()] == [("gold", 1)]
+    assert [(d.name, d.version) for d in second.segments.definitions()] == [("gold", 1)]
 
     gold = Event("l-1", "c-1", (), T0, "crm", ev.LoyaltyChange(0, 3))
     await second.ingest([gold], NoIdentity())  # the reloaded definition is applied by the second replica
@@ -149,16 +152,21 @@ async def test_a_second_replica_reloads_definitions_put_and_deleted_elsewhere(en
     assert second.segments.get("gold").definition.version == 2
 
     await first.delete_segment("gold")
-    await first.put_segment("gold", 'loyalty_tier == "gold"', "")  # deleted and put again: version 1 again
+    await first.put_segment("gold", 'loyalty_tier == "gold"', "")  # deleted and put again: the count goes on
     assert await second.refresh_segments() is True
     assert second.segments.get("gold").definition.expression == 'loyalty_tier == "gold"'
+    versions, current = await second.segment_versions("gold")
+    assert ([d.version for d in versions], current) == ([3, 2, 1], 3)
+    assert versions[1].expression == 'loyalty_tier == "platinum"'
 
     await first.delete_segment("gold")
     # The second replica, not reloaded yet, still applies "gold": its members are removed again on reload.
     await second.ingest([Event("l-2", "c-2", (), T0, "crm", ev.LoyaltyChange(0, 3))], NoIdentity())
     assert set(await members(engine, "gold")) == {"c-2"}
     assert await second.refresh_segments() is True
-    assert second.list_segments() == [] and await members(engine, "gold") == {}
+    assert second.segments.definitions() == [] and await members(engine, "gold") == {}
+    assert await second.list_segments() == []
+    assert [d.version for d in (await second.segment_versions("gold"))[0]] == [3, 2, 1]  # the history stays
     assert (await second.get_profile("c-2", include_features=False)).segments == {}
 
 

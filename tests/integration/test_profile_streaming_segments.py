@@ -205,11 +205,22 @@ async def test_segments_are_put_evaluated_kept_current_by_ingest_paged_and_delet
     assert [m.segment for m in profile_01.segments] == ["big-spenders"]
     since = from_timestamp(profile_01.segments[0].since)
 
+    async def member_since() -> dict[str, object]:
+        page = await stub.ListSegmentMembers(pb.ListSegmentMembersRequest(segment="big-spenders"), timeout=5)
+        return {m.customer_id: from_timestamp(m.since) for m in page.members}
+
+    before = await member_since()
     # A new version re-evaluates everyone; a stale expected_version is refused.
     v2 = await stub.PutSegment(pb.PutSegmentRequest(segment=pb.Segment(
         name="big-spenders", expression="total_spend >= 100.0"), expected_version=1), timeout=10)
     assert (v2.segment.version, v2.members) == (2, 2)
     assert await members(stub, "big-spenders") == ["c-10", "c-11"]
+    # Members who stay keep their "since" across versions.
+    assert await member_since() == {customer: before[customer] for customer in ("c-10", "c-11")}
+    history = await stub.ListSegmentVersions(pb.ListSegmentVersionsRequest(name="big-spenders"), timeout=5)
+    assert [(s.version, s.expression) for s in history.versions] == [
+        (2, "total_spend >= 100.0"), (1, "total_spend >= 50.0")]
+    assert history.current_version == 2 and history.versions[1].description == "spent 50+"
     await expect_error(
         stub.PutSegment(pb.PutSegmentRequest(segment=pb.Segment(name="big-spenders", expression="true"),
                                              expected_version=1), timeout=5),
@@ -230,6 +241,12 @@ async def test_segments_are_put_evaluated_kept_current_by_ingest_paged_and_delet
                        grpc.StatusCode.NOT_FOUND, "segment 'big-spenders'")
     await expect_error(stub.DeleteSegment(pb.DeleteSegmentRequest(name="big-spenders"), timeout=5),
                        grpc.StatusCode.NOT_FOUND, "segment 'big-spenders'")
+    history = await stub.ListSegmentVersions(pb.ListSegmentVersionsRequest(name="big-spenders"), timeout=5)
+    assert ([s.version for s in history.versions], history.current_version) == ([2, 1], 0)
+    await expect_error(stub.ListSegmentVersions(pb.ListSegmentVersionsRequest(name="never"), timeout=5),
+                       grpc.StatusCode.NOT_FOUND, "segment 'never' was never put")
+    await expect_error(stub.ListSegmentVersions(pb.ListSegmentVersionsRequest(name="Bad Name"), timeout=5),
+                       grpc.StatusCode.INVALID_ARGUMENT, "segment.name")
     async with app.parts["engine"].connect() as connection:
         left = await connection.scalar(select(func.count()).select_from(profile_segment_members).where(
             profile_segment_members.c.segment == "big-spenders"))

@@ -236,6 +236,24 @@ async def test_a_big_batch_is_applied_in_chunks_and_a_retry_after_a_partial_fail
     assert sum(profile.traits.order_count for profile in profiles) == len(events)  # every purchase folded exactly once
 
 
+async def test_a_stream_reads_a_message_only_once_the_one_before_is_committed(service, repository):
+    """Flow control: the next message is pulled only once the previous one is committed, so a producer faster
+    than the database waits in its sends (HTTP/2 holds it) instead of filling the server's memory."""
+    stored_at_pull: list[int] = []
+
+    async def producer():
+        for b in range(3):
+            stored_at_pull.append(len(repository.events))
+            bad = [purchase_event("s-bad", amount=-1.0)] if b == 1 else []
+            yield [purchase_event(f"s-{b}-{i}") for i in range(4)] + bad
+        stored_at_pull.append(len(repository.events))
+
+    result = await service.ingest_stream(producer(), FakeResolver)
+    assert stored_at_pull == [0, 4, 8, 12]  # every batch committed before the next was read
+    assert (result.accepted, result.duplicates) == (12, 0)
+    assert [(r.index, r.event_id) for r in result.rejected] == [(8, "s-bad")]  # counted from the stream's start
+
+
 async def test_events_of_a_batch_are_folded_in_event_time_order(service, repository):
     tier = [
         Event("e-new", "c-1", (), NOW - timedelta(hours=1), "crm", ev.LoyaltyChange(10, 3)),

@@ -214,8 +214,12 @@ class ProfileRepository(Protocol):
         """Store a new version; FailedPrecondition when `expected_version` is set and is not the current one."""
         ...
 
+    async def segment_versions(self, name: str) -> tuple[list[SegmentDefinition], int]:
+        """Every version ever put under this name, newest first, and the current version (0 when deleted)."""
+        ...
+
     async def delete_segment(self, name: str) -> bool:
-        """Delete the definition (not the members); False when there was none."""
+        """Delete the definition (not the members, nor its past versions); False when there was none."""
         ...
 
     async def segments_version(self) -> str:
@@ -644,15 +648,27 @@ class ProfileService:
                     await self._reevaluate(ids[start : start + SEGMENT_PAGE], evaluate)
             return True
 
-    def list_segments(self) -> list[SegmentDefinition]:
-        return self.segments.definitions()
+    async def list_segments(self) -> list[SegmentDefinition]:
+        """The stored definitions (not this replica's registry, which learns of another replica's put only at its
+        next poll: a put through one replica is listed by every replica at once)."""
+        return await self._repository.load_segments()
+
+    async def segment_versions(self, name: str) -> tuple[list[SegmentDefinition], int]:
+        """A segment's versions, newest first, and its current version (0 when it was deleted)."""
+        check_name(name)
+        versions, current = await self._repository.segment_versions(name)
+        if not versions:
+            raise NotFound(f"segment {name!r} was never put")
+        return versions, current
 
     async def list_segment_members(
         self, name: str, page_size: int, page_token: str
     ) -> tuple[list[SegmentMember], str]:
         """One page of members and the token of the next page ("" on the last)."""
         check_name(name)
-        if name not in self.segments:
+        # The stored definitions decide, as for ListSegments: a segment put through another replica has members
+        # (its put evaluated everyone) before this replica's poll loads it.
+        if name not in {definition.name for definition in await self._repository.load_segments()}:
             raise NotFound(f"segment {name!r} does not exist")
         if page_size < 0:
             raise InvalidArgument("page_size", "must be >= 0")
