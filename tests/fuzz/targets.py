@@ -211,6 +211,7 @@ async def _profile(serve: Servers, folder: Path) -> Target:
         ],
         "DeleteSegment": [profile_pb.DeleteSegmentRequest(name="spenders")],
         "ListSegmentMembers": [profile_pb.ListSegmentMembersRequest(segment="gold", page_size=2)],
+        "ListSegmentVersions": [profile_pb.ListSegmentVersionsRequest(name="gold")],
         "ListFeatures": [profile_pb.ListFeaturesRequest(names=["order_count", "spend_90d"], page_size=2)],
     }
 
