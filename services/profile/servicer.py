@@ -199,6 +199,9 @@ def _profile(view: ProfileView) -> pb.Profile:
             last_login_at=_timestamp(traits.last_login_at),
             ledger_refunds=traits.ledger_refunds,
             purchase_frequency=traits.purchase_frequency,
+            net_spend_30d=traits.net_spend_30d,
+            net_spend_90d=traits.net_spend_90d,
+            net_spend_365d=traits.net_spend_365d,
             write_offs=traits.write_offs,
             purchase_intent=traits.purchase_intent,
             recently_returned=[

@@ -116,6 +116,30 @@ def test_returns_fold_rate_method_mix_recent_count_and_net_value():
     assert state.traits(NOW + timedelta(days=11)).recent_returns == 1
 
 
+def test_net_spend_windows_deduct_refunds_and_write_offs_on_the_day_they_happened_in_any_arrival_order():
+    events = [
+        event(purchase((1, 100.0, 100.0)), at(days=40)),
+        event(purchase((1, 50.0, 50.0)), at(days=10)),
+        event(product_return(30.0), at(days=5)),  # reverses spend in every window it falls in
+        event(ev.LedgerEntry("refund", 10.0, "o-1"), at(days=100)),
+        event(ev.LedgerEntry("write_off", 5.0, "o-2"), at(days=2)),
+        event(ev.LedgerEntry("refund", 99.0, "o-0"), at(days=400)),  # before the longest window: net_value only
+    ]
+    for order in (events, events[::-1]):
+        traits = fold(*order).traits(NOW)
+        assert (traits.spend_30d, traits.spend_90d, traits.spend_365d) == (50.0, 150.0, 150.0)  # gross
+        assert traits.net_spend_30d == pytest.approx(50.0 - 30.0 - 5.0)
+        assert traits.net_spend_90d == pytest.approx(150.0 - 35.0)
+        assert traits.net_spend_365d == pytest.approx(150.0 - 45.0)
+        assert traits.net_value == pytest.approx(150.0 - 144.0)
+    # Read (from the stored document) 26 days later: of the 30-day window's entries only the write-off is left.
+    state = ProfileState.from_document(orjson.loads(orjson.dumps(fold(*events).to_document())))
+    assert state.traits(NOW + timedelta(days=26)).net_spend_30d == pytest.approx(-5.0)
+    # A refund of an order placed before the window takes the window below zero.
+    refunded = fold(event(purchase((1, 80.0, 80.0)), at(days=45)), event(product_return(80.0), at(days=3)))
+    assert refunded.traits(NOW).net_spend_30d == pytest.approx(-80.0)
+
+
 def test_return_rate_is_capped_when_refunds_exceed_the_recorded_spend():
     traits = fold(event(purchase((1, 10.0, 10.0)), at(days=2)), event(product_return(30.0), at(days=1))).traits(NOW)
     assert traits.return_rate == 1.0

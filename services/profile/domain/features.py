@@ -57,6 +57,9 @@ TRAIT_COLUMNS: tuple[str, ...] = (
     "return_rate_by_count",
     "purchase_intent",
     "purchase_frequency",
+    "net_spend_30d",
+    "net_spend_90d",
+    "net_spend_365d",
 )
 #: Every name ListFeatures answers: the features, then the trait columns.
 COLUMN_NAMES: tuple[str, ...] = FEATURE_NAMES + TRAIT_COLUMNS

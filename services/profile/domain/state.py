@@ -19,7 +19,8 @@ arrival order:
   RETURNED_ITEMS_WINDOW, at most RETURNED_ITEMS_LIMIT SKUs (the newest): the same whatever the arrival order,
   because a SKU dropped for the limit is older than every kept one and only ever gets older;
 - purchases (time, amount) are kept for the last SPEND_WINDOWS[-1] days, so spend and orders over 30/90/365 days
-  are summed at read time over a bounded list; likewise the last few view times feed purchase intent;
+  are summed at read time over a bounded list; refunds and write-offs likewise, for the net spend windows (a
+  state stored before those kept them counts only later ones); the last few view times feed purchase intent;
 - favourite categories, brands, sizes and colours and the preferred channel are counters (bounded to
   FAVOURITES_LIMIT keys by dropping the smallest), read as their top entries;
 - model traits keep, per use case, the prediction with the newest scoring time (a late re-run of an older model
@@ -178,6 +179,11 @@ class Traits:
     purchase_intent: float = 0.0
     #: Orders per 30 days since the customer was first seen (a first month counts as a whole one).
     purchase_frequency: float = 0.0
+    #: Spend over the window minus the refunds and write-offs booked in it (what net_value deducts), by the day
+    #: each happened: a return reverses spend in the windows it falls in, so these can go below zero.
+    net_spend_30d: float = 0.0
+    net_spend_90d: float = 0.0
+    net_spend_365d: float = 0.0
     #: SKUs returned in the last RETURNED_ITEMS_WINDOW, newest first.
     recently_returned: tuple[ReturnedItem, ...] = ()
 
@@ -210,6 +216,18 @@ def _insert(times: list[float], values: list[Any], at: float, value: Any, limit:
     values.insert(index, value)
     if limit is not None and len(times) > limit:
         del times[:-limit], values[:-limit]
+
+
+def _windowed(times: list[float], amounts: list[float], at: datetime, amount: float, now: datetime) -> None:
+    """Add an amount dated `at` to parallel lists covering the longest spend window, dropping what fell out of it
+    (for good: time only moves forward)."""
+    horizon = (now - timedelta(days=SPEND_WINDOWS[-1])).timestamp()
+    when = at.timestamp()
+    if when >= horizon:
+        _insert(times, amounts, when, amount, None)
+    expired = bisect_left(times, horizon)
+    if expired:
+        del times[:expired], amounts[:expired]
 
 
 def _top(counter: dict[str, int]) -> tuple[str, ...]:
@@ -261,6 +279,9 @@ class ProfileState:
     # as they are, because converting entries back from the document on every batch would slow loading a state
     purchase_times: list[float] = field(default_factory=list)
     purchase_amounts: list[float] = field(default_factory=list)
+    # refunds (returns, ledger) and write-offs in the longest spend window, the same way: the net spend windows
+    deduction_times: list[float] = field(default_factory=list)
+    deduction_amounts: list[float] = field(default_factory=list)
     returned_units: int = 0
     categories: dict[str, int] = field(default_factory=dict)
     brands: dict[str, int] = field(default_factory=dict)
@@ -335,6 +356,7 @@ class ProfileState:
                     self.ledger_refunds += amount
                 else:
                     self.write_offs += amount
+                _windowed(self.deduction_times, self.deduction_amounts, at, amount, now)
             case ModelPrediction(use_case=use_case) as prediction:
                 kept = self.model_traits.get(use_case)
                 # Ties go to the higher version: re-runs at the same instant converge whatever the arrival order.
@@ -348,14 +370,7 @@ class ProfileState:
     def _purchase(self, purchase: Purchase, at: datetime, now: datetime) -> None:
         total = purchase.total
         self.total_spend += total
-        horizon = (now - timedelta(days=SPEND_WINDOWS[-1])).timestamp()
-        when = at.timestamp()
-        if when >= horizon:
-            _insert(self.purchase_times, self.purchase_amounts, when, total, None)
-        # Times before the longest window can never count again: time only moves forward.
-        expired = bisect_left(self.purchase_times, horizon)
-        if expired:
-            del self.purchase_times[:expired], self.purchase_amounts[:expired]
+        _windowed(self.purchase_times, self.purchase_amounts, at, total, now)
         _count(self.channels, purchase.channel, 1)
         self.order_count += 1
         if self.last_purchase_at is None or at > self.last_purchase_at:
@@ -377,6 +392,7 @@ class ProfileState:
 
     def _return(self, product_return: ProductReturn, at: datetime, now: datetime) -> None:
         self.refunded += product_return.refunded
+        _windowed(self.deduction_times, self.deduction_amounts, at, product_return.refunded, now)
         self.return_count += 1
         self.returned_units += sum(line.quantity for line in product_return.lines)
         self.return_methods[product_return.method] = self.return_methods.get(product_return.method, 0) + 1
@@ -493,10 +509,13 @@ class ProfileState:
             else {}
         )
         horizon = now - RECENT_RETURNS_WINDOW
-        windows: dict[int, tuple[float, int]] = {}
+        windows: dict[int, tuple[float, int, float]] = {}
         for days in SPEND_WINDOWS:
-            since = bisect_left(self.purchase_times, (now - timedelta(days=days)).timestamp())
-            windows[days] = (sum(self.purchase_amounts[since:]), len(self.purchase_times) - since)
+            start = (now - timedelta(days=days)).timestamp()
+            since = bisect_left(self.purchase_times, start)
+            spend = sum(self.purchase_amounts[since:])
+            deducted = sum(self.deduction_amounts[bisect_left(self.deduction_times, start):])
+            windows[days] = (spend, len(self.purchase_times) - since, spend - deducted)
         return Traits(
             total_spend=self.total_spend,
             order_count=self.order_count,
@@ -542,6 +561,9 @@ class ProfileState:
             write_offs=self.write_offs,
             purchase_intent=self.purchase_intent(now),
             purchase_frequency=self.purchase_frequency(now),
+            net_spend_30d=windows[30][2],
+            net_spend_90d=windows[90][2],
+            net_spend_365d=windows[365][2],
             recently_returned=tuple(
                 sorted(
                     (item for item in self.returned_items.values() if item.returned_at >= now - RETURNED_ITEMS_WINDOW),
@@ -613,6 +635,8 @@ class ProfileState:
         extra = (
             ("purchase_times", self.purchase_times),
             ("purchase_amounts", self.purchase_amounts),
+            ("deduction_times", self.deduction_times),
+            ("deduction_amounts", self.deduction_amounts),
             ("returned_units", self.returned_units),
             ("categories", self.categories),
             ("brands", self.brands),
@@ -698,6 +722,8 @@ class ProfileState:
             offer_responses=get("offer_responses") or {},
             purchase_times=get("purchase_times") or [],
             purchase_amounts=get("purchase_amounts") or [],
+            deduction_times=get("deduction_times") or [],
+            deduction_amounts=get("deduction_amounts") or [],
             returned_units=get("returned_units", 0),
             categories=get("categories") or {},
             brands=get("brands") or {},
