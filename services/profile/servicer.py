@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import grpc
@@ -257,17 +258,44 @@ def _segment(definition: SegmentDefinition) -> pb.Segment:
     )
 
 
-def _read_mask(request: pb.GetProfileRequest) -> FieldMask | None:
-    """The request's mask, normalised, or None for "every field"; INVALID_ARGUMENT names a path Profile lacks."""
+@dataclass(frozen=True, slots=True)
+class _ReadMask:
+    """A GetProfile read mask: Profile field paths, and the model use cases asked for one by one."""
+
+    fields: FieldMask
+    model_traits: frozenset[str]
+
+    def wants(self, top_level_field: str) -> bool:
+        return any(path.split(".")[0] == top_level_field for path in self.fields.paths)
+
+    def apply(self, profile: pb.Profile) -> pb.Profile:
+        masked = pb.Profile()
+        self.fields.MergeMessage(profile, masked)
+        for use_case in self.model_traits & profile.model_traits.keys():
+            masked.model_traits[use_case].CopyFrom(profile.model_traits[use_case])
+        return masked
+
+
+def _read_mask(request: pb.GetProfileRequest) -> _ReadMask | None:
+    """The request's mask, normalised, or None for "every field"; INVALID_ARGUMENT names a path Profile lacks.
+    A map key may end a path (`model_traits.churn_risk`, as AIP-161 allows): that entry alone, when present."""
     if not request.HasField("read_mask") or not request.read_mask.paths:
         return None
+    fields, use_cases = FieldMask(), set()
     for i, path in enumerate(request.read_mask.paths):
-        probe = FieldMask(paths=[path])
-        if not probe.IsValidForDescriptor(pb.Profile.DESCRIPTOR):
+        head, _, key = path.partition(".")
+        if head == "model_traits" and key:
+            if "." in key:
+                raise InvalidArgument(f"read_mask.paths[{i}]", f"{path!r}: a model trait is selected whole")
+            use_cases.add(key)
+        elif FieldMask(paths=[path]).IsValidForDescriptor(pb.Profile.DESCRIPTOR):
+            fields.paths.append(path)
+        else:
             raise InvalidArgument(f"read_mask.paths[{i}]", f"{path!r} is not a field of Profile")
-    mask = FieldMask()
-    mask.CanonicalFormFromMask(request.read_mask)  # sorted, overlapping paths merged
-    return mask
+    canonical = FieldMask()
+    canonical.CanonicalFormFromMask(fields)  # sorted, overlapping paths merged
+    whole = "model_traits" in canonical.paths  # the whole map asked for too: its keys add nothing
+    return _ReadMask(canonical, frozenset() if whole else frozenset(use_cases))
 
 
 class ProfileServicer(pb_grpc.ProfileServiceServicer):
@@ -303,17 +331,13 @@ class ProfileServicer(pb_grpc.ProfileServiceServicer):
         self, request: pb.GetProfileRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetProfileResponse:
         mask = _read_mask(request)
-        wants_activity = not request.omit_recent_activity and (
-            mask is None or any(path.split(".")[0] == "recent_activity" for path in mask.paths)
-        )
+        wants_activity = not request.omit_recent_activity and (mask is None or mask.wants("recent_activity"))
         view = await self.service.get_profile(
             request.customer_id, request.include_features, include_activity=wants_activity
         )
         profile = _profile(view)
         if mask is not None:
-            masked = pb.Profile()
-            mask.MergeMessage(profile, masked)
-            profile = masked
+            profile = mask.apply(profile)
         return pb.GetProfileResponse(profile=profile, features=view.features or {})
 
     async def GetFeatures(

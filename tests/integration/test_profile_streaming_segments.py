@@ -133,6 +133,31 @@ async def test_field_mask_returns_only_the_asked_fields(profile):
     )
 
 
+async def test_field_mask_selects_model_traits_by_use_case(profile):
+    stub, _ = profile
+    await ingest(stub, *[
+        event(f"s-{use_case}", model_prediction=pb.ModelPrediction(
+            use_case=use_case, model_name="gbm", model_version="v1", value=value))
+        for use_case, value in (("churn_risk", 0.7), ("lifetime_value", 420.0))
+    ])
+
+    async def masked(*paths: str) -> pb.Profile:
+        request = pb.GetProfileRequest(customer_id="c-1", read_mask=FieldMask(paths=list(paths)))
+        return (await stub.GetProfile(request, timeout=5)).profile
+
+    one = await masked("model_traits.churn_risk", "model_traits.never_scored", "customer_id")
+    assert dict(one.model_traits) == {"churn_risk": pb.ModelTrait(
+        value=0.7, model_name="gbm", model_version="v1", scored_at=one.model_traits["churn_risk"].scored_at)}
+    assert one.customer_id == "c-1" and not one.HasField("traits")
+    assert set((await masked("model_traits", "model_traits.churn_risk")).model_traits) == {
+        "churn_risk", "lifetime_value"}  # the whole map asked for too
+    await expect_error(
+        masked("customer_id", "model_traits.churn_risk.value"),
+        grpc.StatusCode.INVALID_ARGUMENT, "read_mask.paths[1]: 'model_traits.churn_risk.value': a model trait is "
+        "selected whole",
+    )
+
+
 async def test_get_features_by_names_answers_in_the_given_order(profile):
     stub, _ = profile
     await ingest(stub, event("f-1", purchase=buy((2, 10.0, 10.0))))
