@@ -81,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "quantity, channel, store_id. Rows are sent in date order over StreamEvents.",
     )
     p.add_argument("path", type=Path)
-    p.add_argument("--speed", type=float, default=0.0,
+    p.add_argument("--speed", type=_speed, default=0.0,
                    help="history seconds per wall-clock second (86400 = a day per second); 0 = as fast as possible")
     p.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN", help="column of a field")
     p.add_argument("--batch", type=int, default=200, help="most events per stream message (default 200)")
@@ -209,6 +209,16 @@ async def paced(events: Sequence[pb.Event], speed: float, batch: int) -> AsyncIt
             pending = []
     if pending:
         yield pb.StreamEventsRequest(events=pending)
+
+
+def _speed(text: str) -> float:
+    try:
+        speed = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a number") from None
+    if not speed >= 0 or speed == float("inf"):  # `not >=` also refuses NaN
+        raise argparse.ArgumentTypeError(f"{text}: must be a finite number >= 0 (0 = as fast as possible)")
+    return speed
 
 
 async def _replay(args: argparse.Namespace) -> int:

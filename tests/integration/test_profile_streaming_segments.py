@@ -270,8 +270,13 @@ async def test_segments_are_put_evaluated_kept_current_by_ingest_paged_and_delet
     assert ([s.version for s in history.versions], history.current_version) == ([2, 1], 0)
     await expect_error(stub.ListSegmentVersions(pb.ListSegmentVersionsRequest(name="never"), timeout=5),
                        grpc.StatusCode.NOT_FOUND, "segment 'never' was never put")
-    await expect_error(stub.ListSegmentVersions(pb.ListSegmentVersionsRequest(name="Bad Name"), timeout=5),
-                       grpc.StatusCode.INVALID_ARGUMENT, "segment.name")
+    # A bad name is INVALID_ARGUMENT naming the request's own field.
+    for call, field in (
+        (stub.ListSegmentVersions(pb.ListSegmentVersionsRequest(name="Bad Name"), timeout=5), "name"),
+        (stub.DeleteSegment(pb.DeleteSegmentRequest(name="Bad Name"), timeout=5), "name"),
+        (stub.ListSegmentMembers(pb.ListSegmentMembersRequest(segment="Bad Name"), timeout=5), "segment"),
+    ):
+        await expect_error(call, grpc.StatusCode.INVALID_ARGUMENT, f"{field}: 1-64 lower-case letters")
     async with app.parts["engine"].connect() as connection:
         left = await connection.scalar(select(func.count()).select_from(profile_segment_members).where(
             profile_segment_members.c.segment == "big-spenders"))

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from nextbest.profile.v1 import profile_service_pb2 as pb
 
+from cli.main import main
 from cli.profile import paced
 from libs.protoconv import to_timestamp
 
@@ -54,3 +55,10 @@ async def test_speed_zero_sends_everything_without_waiting():
 
 async def test_no_events_no_messages():
     assert await sent([], speed=1.0, batch=10) == []
+
+
+@pytest.mark.parametrize("speed", ["-1", "nan", "inf", "fast"])
+def test_a_negative_or_non_finite_speed_is_refused_before_anything_is_read(speed, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["profile", "replay", "no-such-file.csv", "--speed", speed])
+    assert exit_.value.code == 2 and "--speed" in capsys.readouterr().err

@@ -154,9 +154,10 @@ class CompiledSegment:
             return False
 
 
-def check_name(name: str) -> None:
+def check_name(name: str, field: str = "segment.name") -> None:
+    """INVALID_ARGUMENT naming `field` (the request's field holding the name) unless `name` is a valid one."""
     if not SEGMENT_NAME.match(name):
-        raise InvalidArgument("segment.name", "1-64 lower-case letters, digits, '_' or '-', starting alphanumeric")
+        raise InvalidArgument(field, "1-64 lower-case letters, digits, '_' or '-', starting alphanumeric")
 
 
 def model_use_cases(expression: str) -> frozenset[str]:

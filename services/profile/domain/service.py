@@ -499,7 +499,7 @@ class ProfileService:
         return definition, members
 
     async def delete_segment(self, name: str) -> None:
-        check_name(name)
+        check_name(name, "name")
         async with self._segment_lock:
             if not await self._repository.delete_segment(name):
                 raise NotFound(f"segment {name!r} does not exist")
@@ -655,7 +655,7 @@ class ProfileService:
 
     async def segment_versions(self, name: str) -> tuple[list[SegmentDefinition], int]:
         """A segment's versions, newest first, and its current version (0 when it was deleted)."""
-        check_name(name)
+        check_name(name, "name")
         versions, current = await self._repository.segment_versions(name)
         if not versions:
             raise NotFound(f"segment {name!r} was never put")
@@ -665,7 +665,7 @@ class ProfileService:
         self, name: str, page_size: int, page_token: str
     ) -> tuple[list[SegmentMember], str]:
         """One page of members and the token of the next page ("" on the last)."""
-        check_name(name)
+        check_name(name, "segment")
         # The stored definitions decide, as for ListSegments: a segment put through another replica has members
         # (its put evaluated everyone) before this replica's poll loads it.
         if name not in {definition.name for definition in await self._repository.load_segments()}:
