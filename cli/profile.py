@@ -280,7 +280,10 @@ async def _segments_apply(args: argparse.Namespace) -> int:
                 # A put would bump the version and re-evaluate every customer for nothing.
                 print(f"{segment.name} v{current.version}: unchanged")
                 continue
-            reply = await stub.PutSegment(pb.PutSegmentRequest(segment=segment), timeout=args.timeout)
+            # Against the version listed: an edit made meanwhile fails the put instead of being overwritten.
+            expected = current.version if current is not None else -1
+            reply = await stub.PutSegment(pb.PutSegmentRequest(segment=segment, expected_version=expected),
+                                          timeout=args.timeout)
             print(f"{reply.segment.name} v{reply.segment.version}: {reply.members} members")
 
     return await _segments_call(args, put)
@@ -332,10 +335,14 @@ async def _segments_rollback(args: argparse.Namespace) -> int:
         if wanted is None:
             print(f"nextbest profile segments rollback: {args.name} has no version {args.version}", file=sys.stderr)
             return 1
+        if wanted.version == history.current_version:
+            print(f"{args.name} v{wanted.version}: unchanged (the current version)")
+            return 0
         segment = pb.Segment(name=wanted.name, expression=wanted.expression, description=wanted.description)
-        # expected_version: a put made since the history was read fails rather than being silently replaced.
+        # A put made since the history was read fails rather than being silently replaced (-1: "still deleted").
         reply = await stub.PutSegment(
-            pb.PutSegmentRequest(segment=segment, expected_version=history.current_version), timeout=args.timeout
+            pb.PutSegmentRequest(segment=segment, expected_version=history.current_version or -1),
+            timeout=args.timeout,
         )
         print(f"{reply.segment.name} v{reply.segment.version}: the definition of v{args.version}, "
               f"{reply.members} members")

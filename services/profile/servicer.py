@@ -278,15 +278,21 @@ class _ReadMask:
 
 def _read_mask(request: pb.GetProfileRequest) -> _ReadMask | None:
     """The request's mask, normalised, or None for "every field"; INVALID_ARGUMENT names a path Profile lacks.
-    A map key may end a path (`model_traits.churn_risk`, as AIP-161 allows): that entry alone, when present."""
+    A map key may end a path (`model_traits.churn_risk`, or quoted: model_traits.`churn.v2`, as AIP-161 allows):
+    that entry alone, when present."""
     if not request.HasField("read_mask") or not request.read_mask.paths:
         return None
     fields, use_cases = FieldMask(), set()
     for i, path in enumerate(request.read_mask.paths):
         head, _, key = path.partition(".")
         if head == "model_traits" and key:
-            if "." in key:
-                raise InvalidArgument(f"read_mask.paths[{i}]", f"{path!r}: a model trait is selected whole")
+            if len(key) > 2 and key[0] == key[-1] == "`":
+                key = key[1:-1]  # AIP-161's quoting, for a key holding "." or other non-identifier characters
+            elif "." in key:
+                raise InvalidArgument(
+                    f"read_mask.paths[{i}]", f"{path!r}: a model trait is selected whole (quote a key holding '.' "
+                    "in backticks)"
+                )
             use_cases.add(key)
         elif FieldMask(paths=[path]).IsValidForDescriptor(pb.Profile.DESCRIPTOR):
             fields.paths.append(path)

@@ -48,12 +48,15 @@ from sqlalchemy import (
     bindparam,
     delete,
     func,
+    literal,
     or_,
     select,
     text,
+    union_all,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from libs.cancellation import uncancelled
@@ -949,28 +952,45 @@ class SqlProfileRepository:
     async def put_segment(
         self, name: str, expression: str, description: str, expected_version: int, now: datetime
     ) -> SegmentDefinition:
-        async with translate_errors("put segment"), self._engine.begin() as connection:
-            current = await connection.scalar(
-                select(profile_segments.c.version).where(profile_segments.c.name == name)
-            )
-            if expected_version and current != expected_version:
+        async with translate_errors("put segment"):
+            try:
+                return await self._put_segment(name, expression, description, expected_version, now)
+            except IntegrityError as exc:  # another put of a new (or deleted) name took the same version first
+                raise FailedPrecondition(f"segment {name!r} was changed concurrently; retry") from exc
+
+    async def _put_segment(
+        self, name: str, expression: str, description: str, expected_version: int, now: datetime
+    ) -> SegmentDefinition:
+        async with self._engine.begin() as connection:
+            current = (await connection.execute(select(profile_segments).where(profile_segments.c.name == name))).first()
+            version_now = current.version if current is not None else None
+            if expected_version < 0 and current is not None:
+                raise FailedPrecondition(f"segment {name!r} exists (version {version_now}); expected none")
+            if expected_version > 0 and version_now != expected_version:
                 raise FailedPrecondition(
-                    f"segment {name!r} is at version {current or 0}, not the expected {expected_version}"
+                    f"segment {name!r} is at version {version_now or 0}, not the expected {expected_version}"
                 )
+            if current is not None:
+                # A definition the release before this one put (it kept no history) joins the history first.
+                await connection.execute(
+                    self._insert(profile_segment_versions)
+                    .values(**{column: getattr(current, column) for column in _DEFINITION_COLUMNS})
+                    .on_conflict_do_nothing()
+                )
+            # After the newest version ever put, so a version names one definition even across a delete (and
+            # past a version the release before this one reset).
+            last = await connection.scalar(
+                select(func.max(profile_segment_versions.c.version)).where(profile_segment_versions.c.name == name)
+            )
+            version = max(last or 0, version_now or 0) + 1
             values = {"expression": expression, "description": description, "updated_at": now}
             if current is None:
-                # A deleted segment put again goes on from its last version, so a version names one definition.
-                last = await connection.scalar(
-                    select(func.max(profile_segment_versions.c.version)).where(profile_segment_versions.c.name == name)
-                )
-                version = (last or 0) + 1
                 await connection.execute(profile_segments.insert().values(name=name, version=version, **values))
             else:
-                version = current + 1
                 # The version in the WHERE makes a concurrent put of the same segment fail instead of being lost.
                 result = await connection.execute(
                     update(profile_segments)
-                    .where(profile_segments.c.name == name, profile_segments.c.version == current)
+                    .where(profile_segments.c.name == name, profile_segments.c.version == version_now)
                     .values(version=version, **values)
                 )
                 if result.rowcount != 1:
@@ -979,15 +999,19 @@ class SqlProfileRepository:
             return SegmentDefinition(name, expression, description, version, now)
 
     async def segment_versions(self, name: str) -> tuple[list[SegmentDefinition], int]:
+        # One statement, so one snapshot: the history and the current definition (which, put by the release
+        # before this one, may be missing from the history), the latter flagged.
+        columns = [profile_segment_versions.c[column] for column in _DEFINITION_COLUMNS]
+        statement = union_all(
+            select(*columns, literal(False).label("current")).where(profile_segment_versions.c.name == name),
+            select(*(profile_segments.c[column] for column in _DEFINITION_COLUMNS), literal(True).label("current"))
+            .where(profile_segments.c.name == name),
+        )
         async with translate_errors("read segment versions"), self._reader.connect() as connection:
-            # The current version first: a put in between adds a version to the list, never one missing from it.
-            current = await connection.scalar(select(profile_segments.c.version).where(profile_segments.c.name == name))
-            rows = await connection.execute(
-                select(profile_segment_versions)
-                .where(profile_segment_versions.c.name == name)
-                .order_by(profile_segment_versions.c.version.desc())
-            )
-            return [_definition(row) for row in rows], current or 0
+            rows = list(await connection.execute(statement))
+        current = next((row.version for row in rows if row.current), 0)
+        versions = {row.version: _definition(row) for row in rows}
+        return [versions[version] for version in sorted(versions, reverse=True)], current
 
     async def delete_segment(self, name: str) -> bool:
         async with translate_errors("delete segment"), self._engine.begin() as connection:
@@ -1026,6 +1050,10 @@ class SqlProfileRepository:
                 .limit(limit)
             )
             return [SegmentMember(customer_id, as_utc(since)) for customer_id, since in rows]
+
+
+#: The columns of a segment definition, in profile_segments and profile_segment_versions alike.
+_DEFINITION_COLUMNS = ("name", "version", "expression", "description", "updated_at")
 
 
 def _definition(row: Any) -> SegmentDefinition:

@@ -137,7 +137,7 @@ async def test_rescoring_a_use_case_without_champion_or_with_inputs_the_profile_
 
 async def test_list_features_pages_every_customer_in_id_order_as_a_dense_matrix(mesh):
     profile, _, _ = mesh
-    names = ["order_count", "spend_365d", "tenure_days"]
+    names = ["order_count", "spend_365d", "tenure_days", "net_spend_365d"]
     seen, rows, token = [], [], ""
     while True:
         page = await profile.ListFeatures(pb.ListFeaturesRequest(names=names, page_size=5, page_token=token),
@@ -145,12 +145,13 @@ async def test_list_features_pages_every_customer_in_id_order_as_a_dense_matrix(
         assert list(page.names) == names and len(page.values) == len(names) * len(page.customer_ids)
         assert len(page.customer_ids) <= 5
         seen += page.customer_ids
-        rows += [page.values[i:i + 3] for i in range(0, len(page.values), 3)]
+        rows += [page.values[i:i + len(names)] for i in range(0, len(page.values), len(names))]
         if not (token := page.next_page_token):
             break
     assert seen == sorted([*FREQUENT, *LAPSED, BROWSER])
     by_id = dict(zip(seen, rows, strict=True))
     assert by_id[FREQUENT[0]][0] == 24 and by_id[FREQUENT[0]][1] == 150.0 * 12  # orders 5..335 days ago: 12 in a year
+    assert by_id[FREQUENT[0]][3] == by_id[FREQUENT[0]][1]  # a trait column; nothing refunded: net is gross
     assert by_id[LAPSED[0]][:2] == [1, 0.0]
     everything = await profile.ListFeatures(pb.ListFeaturesRequest(), timeout=10)
     assert list(everything.names) == list(FEATURE_NAMES) and len(everything.customer_ids) == len(seen)

@@ -149,6 +149,8 @@ async def test_segments_history_lists_every_version_and_rollback_puts_an_earlier
 
     assert await run("segments", "rollback", "buyers", "7", "--target", target) == 1
     assert "buyers has no version 7" in capsys.readouterr().err
+    assert await run("segments", "rollback", "buyers", "3", "--target", target) == 0
+    assert "buyers v3: unchanged (the current version)" in capsys.readouterr().out
     await stub.DeleteSegment(pb.DeleteSegmentRequest(name="buyers"), timeout=5)
     assert await run("segments", "history", "buyers", "--target", target) == 0
     assert capsys.readouterr().out.startswith("buyers: deleted\nv3 ")

@@ -14,11 +14,12 @@ from nextbest.profile.v1 import profile_service_pb2_grpc as pb_grpc
 from sqlalchemy import select
 
 from libs.db import create_engine
+from libs.errors import FailedPrecondition
 from services.profile.app import build, migrate_schema
 from services.profile.domain import Event, Identifier, ProfileService
 from services.profile.domain import events as ev
 from services.profile.domain import service as service_module
-from services.profile.storage import SqlProfileRepository, profile_segment_members, profile_states
+from services.profile.storage import SqlProfileRepository, profile_segment_members, profile_segments, profile_states
 from tests.integration.test_profile_service import settings_for
 
 pytestmark = pytest.mark.integration
@@ -238,3 +239,40 @@ async def test_deleting_a_segment_removes_members_whose_profile_is_gone_without_
     async with engine.connect() as connection:
         states = set(await connection.scalars(select(profile_states.c.customer_id)))
     assert states == {"c-1"}
+
+
+async def test_segment_history_survives_concurrent_puts_and_a_previous_release_writing_without_it(engine):
+    clock = Clock()
+    first, second = replica(engine, clock), replica(engine, clock)
+    await first.put_segment("gold", 'loyalty_tier == "gold"', "")
+    with pytest.raises(FailedPrecondition, match="segment 'gold' exists \\(version 1\\); expected none"):
+        await first.put_segment("gold", "true", "", expected_version=-1)
+    await first.delete_segment("gold")
+    restored, _ = await first.put_segment("gold", 'loyalty_tier == "gold"', "", expected_version=-1)
+    assert restored.version == 2
+
+    # Two replicas putting the same new name at once: one wins, the other is told to retry (not ALREADY_EXISTS).
+    outcomes = await asyncio.gather(
+        first.put_segment("fresh", "true", "a"), second.put_segment("fresh", "false", "b"), return_exceptions=True
+    )
+    assert all(isinstance(o, tuple) or isinstance(o, FailedPrecondition) for o in outcomes), outcomes
+    versions, current = await first.segment_versions("fresh")
+    assert sorted(d.version for d in versions) == list(range(1, len(versions) + 1)) and current == len(versions)
+
+    # The release before this one (during a roll) puts without history, and resets a deleted segment to 1.
+    await first.delete_segment("gold")
+    async with engine.begin() as connection:
+        await connection.execute(profile_segments.insert().values(
+            name="gold", version=1, expression="true", description="old release", updated_at=T0))
+        await connection.execute(profile_segments.insert().values(
+            name="legacy", version=1, expression="true", description="", updated_at=T0))
+    versions, current = await first.segment_versions("legacy")  # listed, though its history is empty
+    assert ([d.version for d in versions], current) == ([1], 1)
+    versions, current = await first.segment_versions("gold")  # the definition in force wins its version's slot
+    assert [(d.version, d.description) for d in versions] == [(2, ""), (1, "old release")] and current == 1
+    again, _ = await first.put_segment("gold", "false", "new release")  # past every version: no collision
+    assert again.version == 3
+    versions, current = await first.segment_versions("gold")
+    assert [(d.version, d.description) for d in versions] == [(3, "new release"), (2, ""), (1, "")] and current == 3
+    await first.put_segment("legacy", "false", "")
+    assert [d.version for d in (await first.segment_versions("legacy"))[0]] == [2, 1]  # v1 joined the history

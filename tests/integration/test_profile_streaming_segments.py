@@ -111,6 +111,8 @@ async def test_new_event_kinds_feed_their_traits(profile):
     assert (traits.store_visits, traits.last_store_id) == (1, "s-9")
     assert traits.logins == 1 and from_timestamp(traits.last_login_at) == ago(hours=3)
     assert (traits.write_offs, traits.net_value) == (15.0, 85.0)
+    # The write-off of two hours ago is net of this month's spend; the purchase of 40 days ago is only in 90 days'.
+    assert (traits.net_spend_30d, traits.net_spend_90d, traits.net_spend_365d) == (-15.0, 85.0, 85.0)
     assert [a.summary for a in got.recent_activity][:2] == ["ledger write-off 15.00", "signed in on web"]
 
 
@@ -138,7 +140,7 @@ async def test_field_mask_selects_model_traits_by_use_case(profile):
     await ingest(stub, *[
         event(f"s-{use_case}", model_prediction=pb.ModelPrediction(
             use_case=use_case, model_name="gbm", model_version="v1", value=value))
-        for use_case, value in (("churn_risk", 0.7), ("lifetime_value", 420.0))
+        for use_case, value in (("churn_risk", 0.7), ("lifetime_value", 420.0), ("churn.v2", 0.2))
     ])
 
     async def masked(*paths: str) -> pb.Profile:
@@ -150,11 +152,13 @@ async def test_field_mask_selects_model_traits_by_use_case(profile):
         value=0.7, model_name="gbm", model_version="v1", scored_at=one.model_traits["churn_risk"].scored_at)}
     assert one.customer_id == "c-1" and not one.HasField("traits")
     assert set((await masked("model_traits", "model_traits.churn_risk")).model_traits) == {
-        "churn_risk", "lifetime_value"}  # the whole map asked for too
+        "churn_risk", "lifetime_value", "churn.v2"}  # the whole map asked for too
+    quoted = await masked("model_traits.`churn.v2`", "model_traits.`lifetime_value`")  # AIP-161 quoting
+    assert set(quoted.model_traits) == {"churn.v2", "lifetime_value"}
     await expect_error(
         masked("customer_id", "model_traits.churn_risk.value"),
         grpc.StatusCode.INVALID_ARGUMENT, "read_mask.paths[1]: 'model_traits.churn_risk.value': a model trait is "
-        "selected whole",
+        "selected whole (quote a key holding '.' in backticks)",
     )
 
 

@@ -356,7 +356,7 @@ class ProfileState:
                     self.ledger_refunds += amount
                 else:
                     self.write_offs += amount
-                _windowed(self.deduction_times, self.deduction_amounts, at, amount, now)
+                self._deduct(amount, at, now)
             case ModelPrediction(use_case=use_case) as prediction:
                 kept = self.model_traits.get(use_case)
                 # Ties go to the higher version: re-runs at the same instant converge whatever the arrival order.
@@ -390,9 +390,14 @@ class ProfileState:
                 self.shipping_paid_orders += 1
         self._clear_cart(at)  # the cart was checked out
 
+    def _deduct(self, amount: float, at: datetime, now: datetime) -> None:
+        """A refund or write-off, for the net spend windows (a zero would only lengthen the document)."""
+        if amount:
+            _windowed(self.deduction_times, self.deduction_amounts, at, amount, now)
+
     def _return(self, product_return: ProductReturn, at: datetime, now: datetime) -> None:
         self.refunded += product_return.refunded
-        _windowed(self.deduction_times, self.deduction_amounts, at, product_return.refunded, now)
+        self._deduct(product_return.refunded, at, now)
         self.return_count += 1
         self.returned_units += sum(line.quantity for line in product_return.lines)
         self.return_methods[product_return.method] = self.return_methods.get(product_return.method, 0) + 1
