@@ -4,6 +4,7 @@
 - `nextbest profile import --orders F --lines F --returns F --ledger F [--map KIND.FIELD=COLUMN ...]` loads ERP
   exports (idempotent: deterministic event ids; resumable with --checkpoint);
 - `nextbest profile replay FILE [--speed N]` streams historical transactions as purchase events (StreamEvents);
+- `nextbest profile refold CUSTOMER_ID ... | --all` rebuilds profiles from their stored events;
 - `nextbest profile segments apply FILE | list | members NAME | history NAME | rollback NAME VERSION | delete NAME`
   manages segments.
 """
@@ -36,11 +37,11 @@ def _channel(args: argparse.Namespace) -> grpc.aio.Channel:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """`nextbest profile show | import | replay | segments`."""
+    """`nextbest profile show | import | replay | refold | segments`."""
     from cli.client import cmd_profile, common_options
 
     parser = subparsers.add_parser(
-        "profile", help="a customer's profile; profile tools: import, replay, segments",
+        "profile", help="a customer's profile; profile tools: import, replay, refold, segments",
         description=__doc__.split("\n\n")[0],
     )
     commands = parser.add_subparsers(dest="profile_command", required=True, metavar="COMMAND")
@@ -86,6 +87,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN", help="column of a field")
     p.add_argument("--batch", type=int, default=200, help="most events per stream message (default 200)")
     p.set_defaults(func=_replay)
+
+    p = commands.add_parser(
+        "refold", parents=[common], help="rebuild profiles from their stored events",
+        description="Rebuilds the named customers' profiles, or every profile with --all (a page per call), from "
+                    "their stored events: after a release adds a trait that needs history or corrects one.",
+    )
+    p.add_argument("customer_ids", nargs="*", metavar="CUSTOMER_ID")
+    p.add_argument("--all", action="store_true", help="every customer, a page at a time")
+    p.add_argument("--page-size", type=int, default=0, help="customers per call with --all (default 200)")
+    p.set_defaults(func=_refold)
 
     p = commands.add_parser("segments", help="manage segments")
     segment_commands = p.add_subparsers(dest="segments_command", required=True, metavar="COMMAND")
@@ -248,6 +259,32 @@ async def _replay(args: argparse.Namespace) -> int:
     print(f"replayed {len(report.events)} transactions: accepted {reply.accepted}, duplicates {reply.duplicates}, "
           f"rejected {len(reply.rejected)}; {len(report.errors)} rows skipped")
     return 1 if report.errors or reply.rejected else 0
+
+
+# --- refold ---------------------------------------------------------------------------------------------------
+
+
+async def _refold(args: argparse.Namespace) -> int:
+    async with _channel(args) as channel:
+        stub = pb_grpc.ProfileServiceStub(channel)
+        refolded, token = 0, ""
+        try:
+            while True:
+                reply = await stub.RefoldProfiles(
+                    pb.RefoldProfilesRequest(customer_ids=args.customer_ids, all=args.all, page_size=args.page_size,
+                                             page_token=token),
+                    timeout=args.timeout,
+                )
+                refolded += reply.refolded
+                if not (token := reply.next_page_token):
+                    break
+                print(f"{refolded} profiles rebuilt so far", file=sys.stderr)
+        except grpc.aio.AioRpcError as exc:
+            print(f"nextbest profile refold: {exc.code().name}: {exc.details()} ({refolded} rebuilt before; run "
+                  "again: a rebuild is the same every time)", file=sys.stderr)
+            return 1
+    print(f"profiles rebuilt from their events: {refolded}")
+    return 0
 
 
 # --- segments -------------------------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ METHOD_SCOPES: dict[str, str] = {
     "/nextbest.profile.v1.ProfileService/ListSegments": "segments.read",
     "/nextbest.profile.v1.ProfileService/ListSegmentVersions": "segments.read",
     "/nextbest.profile.v1.ProfileService/ListSegmentMembers": "segments.read",
+    "/nextbest.profile.v1.ProfileService/RefoldProfiles": "profiles.admin",
     "/nextbest.scoring.v1.ScoringService/Score": "scoring.score",
     "/nextbest.scoring.v1.ScoringService/ScoreBatch": "scoring.score",
     "/nextbest.scoring.v1.ScoringService/Explain": "scoring.explain",

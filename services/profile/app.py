@@ -113,7 +113,7 @@ def build(settings: ProfileSettings) -> ServiceApp:
         await identity.close()
         await engine.dispose()
 
-    servicer = ProfileServicer(service, identity)
+    servicer = ProfileServicer(service, identity, follower)
     return ServiceApp(
         name="profile",
         registrations=[Registration(pb_grpc.add_ProfileServiceServicer_to_server, servicer, FULL_NAME)],

@@ -19,6 +19,7 @@ from libs.errors import InvalidArgument
 from libs.protoconv import from_timestamp, to_duration, to_timestamp
 from services.profile.domain import Event, Identifier, IngestResult, ProfileService, ProfileView
 from services.profile.domain import events as ev
+from services.profile.domain.lineage import LineageFollower
 from services.profile.domain.segments import SegmentDefinition
 from services.profile.domain.service import ITEM_SLICE
 from services.profile.resolver import IdentityClient
@@ -307,9 +308,10 @@ def _read_mask(request: pb.GetProfileRequest) -> _ReadMask | None:
 class ProfileServicer(pb_grpc.ProfileServiceServicer):
     """Maps the ProfileService contract onto `ProfileService`."""
 
-    def __init__(self, service: ProfileService, identity: IdentityClient) -> None:
+    def __init__(self, service: ProfileService, identity: IdentityClient, lineage: LineageFollower) -> None:
         self.service = service
         self.identity = identity
+        self.lineage = lineage
 
     async def IngestEvents(
         self, request: pb.IngestEventsRequest, context: grpc.aio.ServicerContext
@@ -354,6 +356,15 @@ class ProfileServicer(pb_grpc.ProfileServiceServicer):
         return pb.GetFeaturesResponse(
             customer_id=request.customer_id, features=features, values=[features[name] for name in names]
         )
+
+    async def RefoldProfiles(
+        self, request: pb.RefoldProfilesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RefoldProfilesResponse:
+        customer_ids, token = await self.service.refold_targets(
+            list(request.customer_ids), request.all, request.page_size, request.page_token
+        )
+        refolded = await self.lineage.refold(customer_ids)
+        return pb.RefoldProfilesResponse(refolded=refolded, next_page_token=token)
 
     async def ListFeatures(
         self, request: pb.ListFeaturesRequest, context: grpc.aio.ServicerContext

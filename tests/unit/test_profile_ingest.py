@@ -284,3 +284,25 @@ async def test_reads_reject_an_empty_id_and_report_unknown_customers(service, re
     assert empty.value.field == "customer_id"
     with pytest.raises(NotFound):
         await call("c-unknown")
+
+
+@pytest.mark.parametrize(
+    ("customer_ids", "every", "page_size", "page_token", "field"),
+    [
+        ([], False, 0, "", "customer_ids"),
+        (["c-1"], True, 0, "", "customer_ids"),
+        (["c-1", ""], False, 0, "", "customer_ids[1]"),
+        ([f"c-{i}" for i in range(1001)], False, 0, "", "customer_ids"),
+        ([], True, 1001, "", "page_size"),
+        ([], True, -1, "", "page_size"),
+        ([], True, 0, "nope", "page_token"),
+    ],
+)
+async def test_refold_targets_are_validated_field_by_field(service, customer_ids, every, page_size, page_token, field):
+    with pytest.raises(InvalidArgument) as error:
+        await service.refold_targets(customer_ids, every, page_size, page_token)
+    assert error.value.field == field
+
+
+async def test_refold_targets_named_are_deduplicated_in_order(service):
+    assert await service.refold_targets(["c-2", "c-1", "c-2"], False, 0, "") == (["c-2", "c-1"], "")

@@ -114,6 +114,10 @@ class LineageRepository(Protocol):
         ...
 
 
+#: Customers rebuilt per transaction by `LineageFollower.refold` (their rows stay locked until it commits).
+REFOLD_CHUNK = 100
+
+
 def fold(events: Iterable[AcceptedEvent], now: datetime) -> ProfileState:
     """A state built from scratch: the events applied in event-time order (ties by event id), as ingest would."""
     state = ProfileState()
@@ -148,6 +152,24 @@ class LineageFollower:
                 _log.warning("lineage follower: %s; retrying in %.1f s", exc, self._poll_seconds)
             await asyncio.sleep(self._poll_seconds)
 
+    async def refold(self, customer_ids: Sequence[str]) -> int:
+        """Rebuild these customers' profiles from their stored events, as a merge does (a customer merged into
+        another rebuilds its survivor; memberships that still hold keep "since"), REFOLD_CHUNK customers per
+        transaction: after a release adds a trait that needs history or corrects a trait's arithmetic. Returns
+        how many profiles were rebuilt; a customer without events has none (an empty state is removed)."""
+        rebuilt = 0
+        for start in range(0, len(customer_ids), REFOLD_CHUNK):
+            chunk = customer_ids[start : start + REFOLD_CHUNK]
+            now = self._clock()
+            async with self._repository.transaction() as tx:
+                found = await tx.roots(chunk)
+                roots = sorted({found.get(customer_id, customer_id) for customer_id in chunk})
+                locked = await tx.lock_states(roots, now)  # ingest of these customers waits, as for a merge
+                changed, saved = await self._refold(tx, locked, roots, [], now)
+                tx.announce(changed)
+            rebuilt += len(saved)
+        return rebuilt
+
     async def catch_up(self) -> int:
         """Apply every entry the journal has now; returns how many this process applied."""
         return await catch_up(self._repository.lineage_cursor, lambda after: self._source.entries(after, LINEAGE_PAGE), self.apply)
@@ -174,14 +196,14 @@ class LineageFollower:
         # here) or waits for this commit and then sees the alias (and retries, see ProfileService._apply).
         locked = await tx.lock_states(sorted({root, entry.merged_id}), now)
         await tx.add_alias(entry.merged_id, entry.survivor_id, entry.merge_id, now)
-        return await self._refold(tx, locked, [root], [entry.merged_id], now)
+        return (await self._refold(tx, locked, [root], [entry.merged_id], now))[0]
 
     async def _unmerge(self, tx: LineageTransaction, entry: LineageEntry, now: datetime) -> set[str]:
         root = (await tx.roots([entry.survivor_id])).get(entry.survivor_id, entry.survivor_id)
         locked = await tx.lock_states(sorted({root, entry.merged_id}), now)
         if not await tx.remove_alias(entry.merge_id):
             _log.warning("lineage: merge %s has no alias here (erased since?)", entry.merge_id)
-        return await self._refold(tx, locked, sorted({root, entry.merged_id}), [], now)
+        return (await self._refold(tx, locked, sorted({root, entry.merged_id}), [], now))[0]
 
     async def _forget(self, tx: LineageTransaction, customer_id: str, now: datetime) -> set[str]:
         # Identity erases only customers not merged into another; were one, its survivor would be refolded.
@@ -191,7 +213,7 @@ class LineageFollower:
         await tx.erase(erased, now)  # the states locked (or created) above go too
         changed = set(erased)
         if survivor:
-            changed |= await self._refold(tx, locked, [survivor], [], now)
+            changed |= (await self._refold(tx, locked, [survivor], [], now))[0]
         return changed
 
     async def _refold(
@@ -201,9 +223,10 @@ class LineageFollower:
         roots: Sequence[str],
         gone: Sequence[str],
         now: datetime,
-    ) -> set[str]:
+    ) -> tuple[set[str], set[str]]:
         """Rebuild each root's state from its group's events (no events: no profile) and drop the states of the
-        `gone` customers, segment memberships following. Returns every customer whose answer changed."""
+        `gone` customers, segment memberships following. Returns every customer whose answer changed, and the
+        roots rebuilt (those with events)."""
         changed = set(gone)
         removed = set(gone)
         saved: dict[str, ProfileState] = {}
@@ -234,4 +257,4 @@ class LineageFollower:
             await tx.update_memberships(entered, left)
         if saved:
             await tx.save_states(saved, now)
-        return changed
+        return changed, set(saved)

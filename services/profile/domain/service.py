@@ -60,6 +60,9 @@ SEGMENT_PAGE = 500
 LINEAGE_RETRIES = 3
 MAX_MEMBERS_PAGE = 1000
 DEFAULT_MEMBERS_PAGE = 100
+#: Customers one RefoldProfiles call rebuilds at most, and by default with `all`.
+MAX_REFOLD_PAGE = 1000
+DEFAULT_REFOLD_PAGE = 200
 #: ListFeatures pages: big enough that a batch job's round trips do not dominate, small enough for one message.
 DEFAULT_FEATURES_PAGE = 1000
 MAX_FEATURES_PAGE = 10_000
@@ -660,6 +663,28 @@ class ProfileService:
         if not versions:
             raise NotFound(f"segment {name!r} was never put")
         return versions, current
+
+    async def refold_targets(
+        self, customer_ids: Sequence[str], every: bool, page_size: int, page_token: str
+    ) -> tuple[list[str], str]:
+        """The customers a RefoldProfiles call names, or with `every` one page of all of them in id order and the
+        token of the next page ("" on the last)."""
+        if every == bool(customer_ids):
+            raise InvalidArgument("customer_ids", "name the customers or set all, not both or neither")
+        if not every:
+            if len(customer_ids) > MAX_REFOLD_PAGE:
+                raise InvalidArgument("customer_ids", f"at most {MAX_REFOLD_PAGE}, got {len(customer_ids)}")
+            for i, customer_id in enumerate(customer_ids):
+                try:
+                    _check_customer_id(customer_id)
+                except InvalidArgument as exc:
+                    raise InvalidArgument(f"customer_ids[{i}]", exc.reason) from None
+            return list(dict.fromkeys(customer_ids)), ""
+        if not 0 <= page_size <= MAX_REFOLD_PAGE:
+            raise InvalidArgument("page_size", f"0 (the default, {DEFAULT_REFOLD_PAGE}) to {MAX_REFOLD_PAGE}")
+        size, after = page_size or DEFAULT_REFOLD_PAGE, _decode_token(page_token)
+        ids = await self._repository.customer_ids(after, size)
+        return ids, _encode_token(ids[-1]) if len(ids) == size else ""
 
     async def list_segment_members(
         self, name: str, page_size: int, page_token: str
