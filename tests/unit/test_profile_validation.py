@@ -11,6 +11,7 @@ import pytest
 from libs.errors import InvalidArgument
 from services.profile.domain import Event, Identifier, validate_event
 from services.profile.domain import events as ev
+from services.profile.domain.validation import MAX_TEXT_LENGTH, TEXT_LIMITS
 
 pytestmark = pytest.mark.unit
 
@@ -121,6 +122,38 @@ def test_a_little_clock_skew_is_tolerated():
 )
 def test_payload_problems_name_the_contract_path(payload, field):
     assert rejection(make(payload))[0] == field
+
+
+LONG = "x" * (MAX_TEXT_LENGTH + 1)
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        (ev.ProductView(LONG, 3.0), "product_view.sku"),
+        (replace(PURCHASE, store_id=LONG), "purchase.store_id"),
+        (replace(PURCHASE, lines=(LINE, replace(LINE, brand=LONG))), "purchase.lines[1].brand"),
+        (replace(RETURN, lines=(replace(RETURN_LINE, category=LONG),)), "product_return.lines[0].category"),
+        (ev.PreferenceUpdate(("M", LONG), (), ""), "preference_update.sizes[1]"),
+    ],
+)
+def test_text_longer_than_the_limit_is_refused_where_it_is(payload, field):
+    """Traits keep these strings: an unbounded one would grow every state holding it."""
+    assert rejection(make(payload)) == (field, f"at most {MAX_TEXT_LENGTH} characters, got {MAX_TEXT_LENGTH + 1}")
+    validate_event(make(ev.ProductView("x" * MAX_TEXT_LENGTH, 0.0)), NOW)  # at the limit
+
+
+@pytest.mark.parametrize(("payload", "field"), [
+    (lambda text: ev.PageView(text), "page_view.page"),
+    (lambda text: ev.Search(text, 3), "search.query"),
+    (lambda text: ev.ServiceContact(text, False), "service_contact.reason"),
+    (lambda text: replace(RETURN, reason=text), "product_return.reason"),
+])
+def test_urls_reasons_and_queries_may_be_longer(payload, field):
+    limit = TEXT_LIMITS[field.rsplit(".", 1)[1]]
+    assert limit > MAX_TEXT_LENGTH
+    validate_event(make(payload("x" * limit)), NOW)
+    assert rejection(make(payload("x" * (limit + 1)))) == (field, f"at most {limit} characters, got {limit + 1}")
 
 
 def test_reasons_say_what_is_wrong():

@@ -6,8 +6,11 @@ find the offending field in its own message.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from datetime import datetime, timedelta
+from typing import Any
 
 from libs.errors import InvalidArgument
 from services.profile.domain.events import (
@@ -41,6 +44,12 @@ MAX_ID_LENGTH = 128
 MAX_USE_CASE_LENGTH = 64
 #: Sources name producing systems ("web", "pos", "erp"): short names, not free text.
 MAX_SOURCE_LENGTH = 64
+#: Longest text a payload field may hold (SKUs, reasons, search queries, categories...): traits keep these
+#: strings (last viewed, cart, favourites, open issues, recent searches), so one unbounded value would grow every
+#: state that holds it, and every read of it.
+MAX_TEXT_LENGTH = 256
+#: Fields allowed more: a page is a URL, a reason and a search query are typed by people.
+TEXT_LIMITS = {"page": 2048, "reason": 1024, "query": 512}
 #: Producers' clocks drift; an event further ahead than this is a producer bug, not drift.
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 
@@ -72,6 +81,31 @@ def validate_event(event: Event, now: datetime) -> None:
     if event.payload is None:
         raise InvalidArgument("payload", "exactly one payload is required")
     _validate_payload(event.payload)
+    _bounded_text(event.payload, event.payload.kind)
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(field.name for field in dataclasses.fields(cls))
+
+
+def _bounded_text(value: Any, where: str) -> None:
+    """Every string of a payload, in its lines and lists too, at most MAX_TEXT_LENGTH characters (TEXT_LIMITS
+    for the fields it names)."""
+    for name in _field_names(type(value)):
+        item = getattr(value, name)
+        if isinstance(item, str):
+            limit = TEXT_LIMITS.get(name, MAX_TEXT_LENGTH)
+            if len(item) > limit:
+                raise InvalidArgument(f"{where}.{name}", f"at most {limit} characters, got {len(item)}")
+        elif isinstance(item, tuple):  # of strings (sizes, colours) or of lines (dataclasses)
+            for i, element in enumerate(item):
+                if not isinstance(element, str):
+                    _bounded_text(element, f"{where}.{name}[{i}]")
+                elif len(element) > MAX_TEXT_LENGTH:
+                    raise InvalidArgument(
+                        f"{where}.{name}[{i}]", f"at most {MAX_TEXT_LENGTH} characters, got {len(element)}"
+                    )
 
 
 def _non_negative(value: float, field: str) -> None:
