@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from nextbest.common.v1 import common_pb2
 from nextbest.profile.v1 import profile_service_pb2 as pb
@@ -298,11 +299,7 @@ def erp_events(files: Mapping[str, Path], mapping: Mapping[str, Mapping[str, str
                     bad_returns.setdefault(row["return_id"], where)
                 continue
             returns[return_id][0].product_return.lines.append(line)
-        # A return missing one of its rows would be applied short, and its id would then make the corrected
-        # file's return a duplicate: it is left out whole, as an order with a malformed line is.
-        for return_id, where in bad_returns.items():
-            if returns.pop(return_id, None) is not None:
-                report.errors.append(f"{where}: return {return_id}: left out, some of its rows are malformed")
+        _leave_out(returns, bad_returns, "return", report)
         report.events.extend(customer.apply(event) for event, customer in returns.values())
 
     if "ledger" in files:
@@ -323,6 +320,14 @@ def erp_events(files: Mapping[str, Path], mapping: Mapping[str, Mapping[str, str
             except RowError as exc:
                 report.errors.append(f"{where}: {exc}")
     return report
+
+
+def _leave_out(groups: dict[str, Any], malformed: Mapping[str, str], what: str, report: Report) -> None:
+    """Drop each group (an order, a return) one of whose rows is malformed, where that row is: applied short, the
+    group's deterministic id would make the corrected file's group a duplicate, and its missing rows lost."""
+    for group_id, where in malformed.items():
+        if groups.pop(group_id, None) is not None:
+            report.errors.append(f"{where}: {what} {group_id}: left out, some of its rows are malformed")
 
 
 def transaction_events(path: Path, mapping: Mapping[str, str], source: str = "replay") -> Report:
@@ -375,9 +380,9 @@ def transaction_events(path: Path, mapping: Mapping[str, str], source: str = "re
         purchases.append((when, event, customer))
         if order_id:
             orders[order_id] = purchases[-1]
-    for order_id, where in bad_orders.items():
-        if order_id in orders:
-            report.errors.append(f"{where}: order {order_id}: left out, some of its rows are malformed")
-    kept = sorted((p for p in purchases if p[1].purchase.order_id not in bad_orders), key=lambda p: p[0])
+    _leave_out(orders, bad_orders, "order", report)
+    kept = sorted(
+        (p for p in purchases if not p[1].purchase.order_id or p[1].purchase.order_id in orders), key=lambda p: p[0]
+    )
     report.events = [customer.apply(event) for _, event, customer in kept]
     return report

@@ -95,27 +95,29 @@ profile_states = Table(
     Column("version", Integer, nullable=False),
 )
 
-profile_segments = Table(
-    "profile_segments",
-    metadata,
-    Column("name", String(64), primary_key=True),
-    Column("expression", Text, nullable=False),
-    Column("description", Text, nullable=False),
-    Column("version", BigInteger, nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-)
+def _definition_columns() -> list[Column]:
+    """The columns of a segment definition, in profile_segments and profile_segment_versions alike."""
+    return [
+        Column("name", String(64), nullable=False),
+        Column("expression", Text, nullable=False),
+        Column("description", Text, nullable=False),
+        Column("version", BigInteger, nullable=False),
+        Column("updated_at", DateTime(timezone=True), nullable=False),
+    ]
 
+
+#: The definitions in force, one per name.
+profile_segments = Table(
+    "profile_segments", metadata, *_definition_columns(), PrimaryKeyConstraint("name", name="pk_profile_segments")
+)
 #: Every put's definition, kept after a delete: a name's versions keep counting across a delete and a new put.
 profile_segment_versions = Table(
     "profile_segment_versions",
     metadata,
-    Column("name", String(64), nullable=False),
-    Column("version", BigInteger, nullable=False),
-    Column("expression", Text, nullable=False),
-    Column("description", Text, nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    *_definition_columns(),
     PrimaryKeyConstraint("name", "version", name="pk_profile_segment_versions"),
 )
+_DEFINITION_COLUMNS = tuple(column.name for column in profile_segments.columns)
 
 # Membership mirrors each state's `segments` (written in the same transaction), indexed for ListSegmentMembers.
 profile_segment_members = Table(
@@ -1050,10 +1052,6 @@ class SqlProfileRepository:
                 .limit(limit)
             )
             return [SegmentMember(customer_id, as_utc(since)) for customer_id, since in rows]
-
-
-#: The columns of a segment definition, in profile_segments and profile_segment_versions alike.
-_DEFINITION_COLUMNS = ("name", "version", "expression", "description", "updated_at")
 
 
 def _definition(row: Any) -> SegmentDefinition:

@@ -693,7 +693,7 @@ class ProfileService:
         check_name(name, "segment")
         # The stored definitions decide, as for ListSegments: a segment put through another replica has members
         # (its put evaluated everyone) before this replica's poll loads it.
-        if name not in {definition.name for definition in await self._repository.load_segments()}:
+        if name not in {definition.name for definition in await self.list_segments()}:
             raise NotFound(f"segment {name!r} does not exist")
         if page_size < 0:
             raise InvalidArgument("page_size", "must be >= 0")

@@ -40,16 +40,15 @@ from services.profile.domain.events import (
 )
 
 MAX_ID_LENGTH = 128
-#: Use cases are map keys of every profile: short names, not free text.
-MAX_USE_CASE_LENGTH = 64
 #: Sources name producing systems ("web", "pos", "erp"): short names, not free text.
 MAX_SOURCE_LENGTH = 64
 #: Longest text a payload field may hold (SKUs, reasons, search queries, categories...): traits keep these
 #: strings (last viewed, cart, favourites, open issues, recent searches), so one unbounded value would grow every
 #: state that holds it, and every read of it.
 MAX_TEXT_LENGTH = 256
-#: Fields allowed more: a page is a URL, a reason and a search query are typed by people.
-TEXT_LIMITS = {"page": 2048, "reason": 1024, "query": 512}
+#: Fields allowed more or less: a page is a URL, a reason and a search query are typed by people; a use case is a
+#: map key of every profile (a short name, not free text).
+TEXT_LIMITS = {"page": 2048, "reason": 1024, "query": 512, "use_case": 64}
 #: Producers' clocks drift; an event further ahead than this is a producer bug, not drift.
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 
@@ -94,18 +93,16 @@ def _bounded_text(value: Any, where: str) -> None:
     for the fields it names)."""
     for name in _field_names(type(value)):
         item = getattr(value, name)
+        limit = TEXT_LIMITS.get(name, MAX_TEXT_LENGTH)
         if isinstance(item, str):
-            limit = TEXT_LIMITS.get(name, MAX_TEXT_LENGTH)
             if len(item) > limit:
                 raise InvalidArgument(f"{where}.{name}", f"at most {limit} characters, got {len(item)}")
         elif isinstance(item, tuple):  # of strings (sizes, colours) or of lines (dataclasses)
             for i, element in enumerate(item):
                 if not isinstance(element, str):
                     _bounded_text(element, f"{where}.{name}[{i}]")
-                elif len(element) > MAX_TEXT_LENGTH:
-                    raise InvalidArgument(
-                        f"{where}.{name}[{i}]", f"at most {MAX_TEXT_LENGTH} characters, got {len(element)}"
-                    )
+                elif len(element) > limit:
+                    raise InvalidArgument(f"{where}.{name}[{i}]", f"at most {limit} characters, got {len(element)}")
 
 
 def _non_negative(value: float, field: str) -> None:
@@ -203,9 +200,7 @@ def _validate_payload(payload: Payload) -> None:
             if not amount:
                 raise InvalidArgument(f"{where}.amount", "must be > 0")
         case ModelPrediction(use_case=use_case, model_version=version, value=value):
-            _required(use_case, f"{where}.use_case")
-            if len(use_case) > MAX_USE_CASE_LENGTH:
-                raise InvalidArgument(f"{where}.use_case", f"at most {MAX_USE_CASE_LENGTH} characters")
+            _required(use_case, f"{where}.use_case")  # its length is bounded with every text (TEXT_LIMITS)
             _required(version, f"{where}.model_version")
             if not math.isfinite(value):  # a regression may predict below zero, but never NaN or infinity
                 raise InvalidArgument(f"{where}.value", f"must be a finite number, got {value}")
