@@ -7,13 +7,16 @@ the stream breaks, the cache empties and is bypassed until a new stream says "su
 never older than the last change its owner committed, give or take the time a message takes to arrive.
 
 `max_age_seconds` bounds the age of an entry for what changes without any event: time-relative features
-(days since the last order) drift, so they are re-read now and then.
+(days since the last order) drift, so profiles are re-read now and then. Identity's answers (resolutions, consent)
+do not drift with time: their caches have no age bound, only the LRU's (None), since an age bound there re-read
+every customer seen less often than it, which under a long-tailed popularity was half the resolutions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Sequence
@@ -57,7 +60,7 @@ class CustomerCache(Generic[K, V]):
         self,
         name: str,
         max_entries: int,
-        max_age_seconds: float,
+        max_age_seconds: float | None,
         customer_of: Callable[[K, V], str | None] = _same_customer,
         clock: Callable[[], float] = time.monotonic,
         keep_last_known: bool = False,
@@ -68,7 +71,7 @@ class CustomerCache(Generic[K, V]):
         self._last_known: OrderedDict[K, V] | None = OrderedDict() if keep_last_known else None
         self.stats = CacheStats()
         self._max_entries = max_entries
-        self._max_age = max_age_seconds
+        self._max_age = math.inf if max_age_seconds is None else max_age_seconds
         self._customer_of = customer_of
         self._clock = clock
         self._entries: OrderedDict[K, tuple[V, float, str]] = OrderedDict()

@@ -78,15 +78,17 @@ NO_FEATURES: Mapping[str, float] = MappingProxyType({})
 
 
 class CustomerCaches:
-    """What `Decide` reads about a customer, cached: identity's resolutions and consent, profile's profiles."""
+    """What `Decide` reads about a customer, cached: identity's resolutions and consent, profile's profiles.
+
+    Identity's answers change only by events its feed announces, so they stay until changed or evicted; a profile's
+    time-relative features drift, so profiles are also re-read after `max_age_seconds`.
+    """
 
     def __init__(self, max_customers: int = 0, max_age_seconds: float = 60.0) -> None:
         self.resolutions: CustomerCache[tuple[tuple[int, str], ...], str | None] = CustomerCache(
-            "resolutions", max_customers, max_age_seconds, customer_of=lambda key, customer_id: customer_id
+            "resolutions", max_customers, None, customer_of=lambda key, customer_id: customer_id
         )
-        self.consents: CustomerCache[str, frozenset[tuple[str, str]]] = CustomerCache(
-            "consents", max_customers, max_age_seconds
-        )
+        self.consents: CustomerCache[str, frozenset[tuple[str, str]]] = CustomerCache("consents", max_customers, None)
         # A profile a moment old beats treating a known customer as a stranger when profile cannot answer in time
         # (it is busiest exactly when events pour in); consent is never served stale.
         self.profiles: CustomerCache[str, tuple[Traits, Mapping[str, float]] | None] = CustomerCache(

@@ -258,3 +258,24 @@ async def test_get_many_does_not_store_what_a_concurrent_change_may_have_outdate
     assert len(cache) == 1  # only p-2 was stored
     calls = []
     assert await cache.get("p-2", loader("new", calls)) == "old" and calls == []
+
+
+async def test_a_cache_without_an_age_bound_keeps_entries_until_changed_or_evicted():
+    clock = Clock()
+    cache = live_cache(max_entries=2, max_age=None, clock=clock)
+    await cache.get("c-1", loader("v1"))
+    clock.now = 10 * 365 * 86_400.0
+    assert await cache.get("c-1", loader("v2")) == "v1"
+    cache.invalidate(["c-1"])
+    assert await cache.get("c-1", loader("v2")) == "v2"
+    await cache.get("c-2", loader("w"))
+    await cache.get("c-3", loader("x"))  # the LRU bound still holds: c-1 (least recently read) goes
+    assert await cache.get("c-1", loader("v3")) == "v3"
+
+
+def test_only_profiles_age_out_of_the_decision_caches():
+    from services.decision.orchestrator import CustomerCaches
+
+    caches = CustomerCaches(max_customers=10, max_age_seconds=60.0)
+    ages = {c.name: c._max_age for c in (caches.resolutions, caches.consents, caches.profiles)}
+    assert ages == {"resolutions": float("inf"), "consents": float("inf"), "profiles": 60.0}
