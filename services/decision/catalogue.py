@@ -10,6 +10,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 
 import orjson
@@ -143,6 +144,11 @@ class Catalogue:
     products: dict[str, Product]
     #: SKU variant -> product id, for context SKUs and cart lines.
     product_of_sku: dict[str, str]
+
+    @cached_property
+    def rules_read_features(self) -> bool:
+        """Whether any offer's rule may read `customer.features` (else a decision's facts leave them out)."""
+        return any(rule.reads_features for offer in self.offers for rule in offer.rules)
 
     def offer(self, offer_id: str) -> Offer | None:
         return next((o for o in self.offers if o.id == offer_id), None)

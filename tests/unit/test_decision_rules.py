@@ -105,6 +105,22 @@ def test_rules_read_profile_traits_segments_features_and_request_context():
                                        "expression": "request.category == 'shoes' && request.dwell_seconds > 20.0"}
 
 
+def test_the_feature_map_joins_the_facts_only_when_a_rule_of_the_catalogue_may_read_it():
+    from services.decision.domain.eligibility import rule_facts
+
+    plain = catalogue(offer("gold", rules=[rule("gold", "customer.tier_rank >= 3")]), offer("none"))
+    reading = catalogue(offer("gold", rules=[rule("gold", "customer.tier_rank >= 3")]),
+                        offer("recent", rules=[rule("recent", "has(customer.features.recency_days)")]))
+    assert not plain.rules_read_features and reading.rules_read_features
+    probe = compile_rule("probe", "eligibility", "has(customer.features)")
+    assert not probe.holds(rule_facts("web", Context(), customer(), plain, NOW))
+    assert probe.holds(rule_facts("web", Context(), customer(), reading, NOW))
+    # Either way the rules decide alike.
+    gold = customer(loyalty_tier="gold")
+    assert [o.id for o in screen(plain, "web", Context(), gold, NOW).eligible] == ["gold", "none"]
+    assert [o.id for o in screen(reading, "web", Context(), gold, NOW).eligible] == ["gold", "recent"]
+
+
 def test_the_first_failing_rule_is_recorded_with_the_operators_why():
     cat = catalogue(offer("x", rules=[
         rule("member", "'member' in customer.segments", why="members only"),

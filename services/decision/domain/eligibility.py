@@ -91,7 +91,7 @@ def rule_facts(
     return cel_rules.facts(
         known=customer.known,
         traits=customer.traits,
-        features=customer.features,
+        features=customer.features if catalogue.rules_read_features else None,
         channel=channel,
         page=ctx.page,
         sku=ctx.sku,

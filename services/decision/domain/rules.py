@@ -54,6 +54,13 @@ class Rule:
     why: str
     program: Any = field(compare=False, hash=False, repr=False)
 
+    @property
+    def reads_features(self) -> bool:
+        """Whether the rule may read `customer.features` (conservative: the word appears in its text). Converting
+        the feature map into CEL values is most of the cost of a decision's facts, so it is left out of the facts
+        when no rule of the catalogue reads it."""
+        return "features" in self.expression
+
     def holds(self, facts: Any) -> bool:
         """True when the rule lets the offer through; raises RuntimeError/TypeError/KeyError on a runtime fault."""
         result = self.program.execute(facts)
@@ -115,7 +122,7 @@ def facts(
     *,
     known: bool,
     traits: Any,
-    features: Mapping[str, float],
+    features: Mapping[str, float] | None,
     channel: str,
     page: str,
     sku: str,
@@ -134,32 +141,35 @@ def facts(
     returned_categories: list[str] | None = None,
     placement: str = "",
 ) -> cel.Context:
-    """One decision's CEL variables (built once, shared by every rule of every offer)."""
+    """One decision's CEL variables (built once, shared by every rule of every offer); `features` None leaves
+    `customer.features` out (no rule reads it: see `Rule.reads_features`)."""
     prefs = traits.preferences
+    customer = {
+        "known": known,
+        "tier": traits.loyalty_tier,
+        "tier_rank": TIERS.index(traits.loyalty_tier),
+        "total_spend": float(traits.total_spend),
+        "net_value": float(traits.net_value),
+        "order_count": int(traits.order_count),
+        "return_rate": float(traits.return_rate),
+        "recent_returns": int(traits.recent_returns),
+        "full_price_share": float(traits.full_price_share),
+        "shipping_paid_share": float(traits.shipping_paid_share),
+        "open_service_issues": int(traits.open_service_issues),
+        "cart_skus": list(traits.cart_skus),
+        "preferred_sizes": list(prefs.sizes),
+        "preferred_colours": list(prefs.colours),
+        "shipping_method": prefs.shipping_method,
+        "segments": segments(traits),
+        "returned_skus": returned_skus or [],
+        "returned_products": returned_products or [],
+        "returned_categories": returned_categories or [],
+    }
+    if features is not None:
+        customer["features"] = {k: float(v) for k, v in features.items()}
     return cel.Context(
         {
-            "customer": {
-                "known": known,
-                "tier": traits.loyalty_tier,
-                "tier_rank": TIERS.index(traits.loyalty_tier),
-                "total_spend": float(traits.total_spend),
-                "net_value": float(traits.net_value),
-                "order_count": int(traits.order_count),
-                "return_rate": float(traits.return_rate),
-                "recent_returns": int(traits.recent_returns),
-                "full_price_share": float(traits.full_price_share),
-                "shipping_paid_share": float(traits.shipping_paid_share),
-                "open_service_issues": int(traits.open_service_issues),
-                "cart_skus": list(traits.cart_skus),
-                "preferred_sizes": list(prefs.sizes),
-                "preferred_colours": list(prefs.colours),
-                "shipping_method": prefs.shipping_method,
-                "segments": segments(traits),
-                "features": {k: float(v) for k, v in features.items()},
-                "returned_skus": returned_skus or [],
-                "returned_products": returned_products or [],
-                "returned_categories": returned_categories or [],
-            },
+            "customer": customer,
             "request": {
                 "channel": channel,
                 "page": page,
