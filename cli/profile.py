@@ -352,13 +352,26 @@ async def _segments_members(args: argparse.Namespace) -> int:
     return await _segments_call(args, show)
 
 
+async def _versions(stub: pb_grpc.ProfileServiceStub, name: str, timeout: float) -> tuple[list[pb.Segment], int]:
+    """Every version of the segment, newest first (all pages), and the version in force (0: deleted)."""
+    versions: list[pb.Segment] = []
+    token = ""
+    while True:
+        reply = await stub.ListSegmentVersions(pb.ListSegmentVersionsRequest(name=name, page_token=token),
+                                               timeout=timeout)
+        versions.extend(reply.versions)
+        token = reply.next_page_token
+        if not token:
+            return versions, reply.current_version
+
+
 async def _segments_history(args: argparse.Namespace) -> int:
     async def show(stub: pb_grpc.ProfileServiceStub) -> None:
-        reply = await stub.ListSegmentVersions(pb.ListSegmentVersionsRequest(name=args.name), timeout=args.timeout)
-        if not reply.current_version:
+        versions, current_version = await _versions(stub, args.name, args.timeout)
+        if not current_version:
             print(f"{args.name}: deleted")
-        for segment in reply.versions:
-            current = "  (current)" if segment.version == reply.current_version else ""
+        for segment in versions:
+            current = "  (current)" if segment.version == current_version else ""
             print(f"v{segment.version} {from_timestamp(segment.updated_at).isoformat()}: {segment.expression}  "
                   f"# {segment.description}{current}")
 
@@ -367,18 +380,18 @@ async def _segments_history(args: argparse.Namespace) -> int:
 
 async def _segments_rollback(args: argparse.Namespace) -> int:
     async def rollback(stub: pb_grpc.ProfileServiceStub) -> int:
-        history = await stub.ListSegmentVersions(pb.ListSegmentVersionsRequest(name=args.name), timeout=args.timeout)
-        wanted = next((s for s in history.versions if s.version == args.version), None)
+        versions, current_version = await _versions(stub, args.name, args.timeout)
+        wanted = next((s for s in versions if s.version == args.version), None)
         if wanted is None:
             print(f"nextbest profile segments rollback: {args.name} has no version {args.version}", file=sys.stderr)
             return 1
-        if wanted.version == history.current_version:
+        if wanted.version == current_version:
             print(f"{args.name} v{wanted.version}: unchanged (the current version)")
             return 0
         segment = pb.Segment(name=wanted.name, expression=wanted.expression, description=wanted.description)
         # A put made since the history was read fails rather than being silently replaced (-1: "still deleted").
         reply = await stub.PutSegment(
-            pb.PutSegmentRequest(segment=segment, expected_version=history.current_version or -1),
+            pb.PutSegmentRequest(segment=segment, expected_version=current_version or -1),
             timeout=args.timeout,
         )
         print(f"{reply.segment.name} v{reply.segment.version}: the definition of v{args.version}, "

@@ -394,8 +394,12 @@ class ProfileServicer(pb_grpc.ProfileServiceServicer):
     async def ListSegmentVersions(
         self, request: pb.ListSegmentVersionsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListSegmentVersionsResponse:
-        versions, current = await self.service.segment_versions(request.name)
-        return pb.ListSegmentVersionsResponse(versions=[_segment(d) for d in versions], current_version=current)
+        versions, current, token = await self.service.segment_versions(
+            request.name, request.page_size, request.page_token
+        )
+        return pb.ListSegmentVersionsResponse(
+            versions=[_segment(d) for d in versions], current_version=current, next_page_token=token
+        )
 
     async def DeleteSegment(
         self, request: pb.DeleteSegmentRequest, context: grpc.aio.ServicerContext

@@ -1000,20 +1000,29 @@ class SqlProfileRepository:
             await connection.execute(profile_segment_versions.insert().values(name=name, version=version, **values))
             return SegmentDefinition(name, expression, description, version, now)
 
-    async def segment_versions(self, name: str) -> tuple[list[SegmentDefinition], int]:
+    async def segment_versions(self, name: str, below: int, limit: int) -> tuple[list[SegmentDefinition], int]:
+        """Up to `limit` versions older than `below` (0: from the newest), newest first, and the current version."""
         # One statement, so one snapshot: the history and the current definition (which, put by the release
         # before this one, may be missing from the history), the latter flagged.
-        columns = [profile_segment_versions.c[column] for column in _DEFINITION_COLUMNS]
+        history = profile_segment_versions.c
+        older = (history.name == name) & (history.version < below) if below else history.name == name
+        page = (  # a subquery: SQLite takes no ORDER BY / LIMIT on a member of a UNION
+            select(*(history[column] for column in _DEFINITION_COLUMNS), literal(False).label("current"))
+            .where(older)
+            .order_by(history.version.desc())
+            .limit(limit)
+            .subquery()
+        )
         statement = union_all(
-            select(*columns, literal(False).label("current")).where(profile_segment_versions.c.name == name),
+            select(*page.c),
             select(*(profile_segments.c[column] for column in _DEFINITION_COLUMNS), literal(True).label("current"))
             .where(profile_segments.c.name == name),
         )
         async with translate_errors("read segment versions"), self._reader.connect() as connection:
             rows = list(await connection.execute(statement))
         current = next((row.version for row in rows if row.current), 0)
-        versions = {row.version: _definition(row) for row in rows}
-        return [versions[version] for version in sorted(versions, reverse=True)], current
+        versions = {row.version: _definition(row) for row in rows if not below or row.version < below}
+        return [versions[version] for version in sorted(versions, reverse=True)[:limit]], current
 
     async def delete_segment(self, name: str) -> bool:
         async with translate_errors("delete segment"), self._engine.begin() as connection:

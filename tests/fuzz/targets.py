@@ -211,7 +211,7 @@ async def _profile(serve: Servers, folder: Path) -> Target:
         ],
         "DeleteSegment": [profile_pb.DeleteSegmentRequest(name="spenders")],
         "ListSegmentMembers": [profile_pb.ListSegmentMembersRequest(segment="gold", page_size=2)],
-        "ListSegmentVersions": [profile_pb.ListSegmentVersionsRequest(name="gold")],
+        "ListSegmentVersions": [profile_pb.ListSegmentVersionsRequest(name="gold", page_size=1)],
         "RefoldProfiles": [
             profile_pb.RefoldProfilesRequest(customer_ids=["c-1", "c-2"]),
             profile_pb.RefoldProfilesRequest(all=True, page_size=2),

@@ -156,7 +156,7 @@ async def test_a_second_replica_reloads_definitions_put_and_deleted_elsewhere(en
     await first.put_segment("gold", 'loyalty_tier == "gold"', "")  # deleted and put again: the count goes on
     assert await second.refresh_segments() is True
     assert second.segments.get("gold").definition.expression == 'loyalty_tier == "gold"'
-    versions, current = await second.segment_versions("gold")
+    versions, current, _ = await second.segment_versions("gold")
     assert ([d.version for d in versions], current) == ([3, 2, 1], 3)
     assert versions[1].expression == 'loyalty_tier == "platinum"'
 
@@ -256,7 +256,7 @@ async def test_segment_history_survives_concurrent_puts_and_a_previous_release_w
         first.put_segment("fresh", "true", "a"), second.put_segment("fresh", "false", "b"), return_exceptions=True
     )
     assert all(isinstance(o, tuple) or isinstance(o, FailedPrecondition) for o in outcomes), outcomes
-    versions, current = await first.segment_versions("fresh")
+    versions, current, _ = await first.segment_versions("fresh")
     assert sorted(d.version for d in versions) == list(range(1, len(versions) + 1)) and current == len(versions)
 
     # The release before this one (during a roll) puts without history, and resets a deleted segment to 1.
@@ -266,13 +266,13 @@ async def test_segment_history_survives_concurrent_puts_and_a_previous_release_w
             name="gold", version=1, expression="true", description="old release", updated_at=T0))
         await connection.execute(profile_segments.insert().values(
             name="legacy", version=1, expression="true", description="", updated_at=T0))
-    versions, current = await first.segment_versions("legacy")  # listed, though its history is empty
+    versions, current, _ = await first.segment_versions("legacy")  # listed, though its history is empty
     assert ([d.version for d in versions], current) == ([1], 1)
-    versions, current = await first.segment_versions("gold")  # the definition in force wins its version's slot
+    versions, current, _ = await first.segment_versions("gold")  # the definition in force wins its version's slot
     assert [(d.version, d.description) for d in versions] == [(2, ""), (1, "old release")] and current == 1
     again, _ = await first.put_segment("gold", "false", "new release")  # past every version: no collision
     assert again.version == 3
-    versions, current = await first.segment_versions("gold")
+    versions, current, _ = await first.segment_versions("gold")
     assert [(d.version, d.description) for d in versions] == [(3, "new release"), (2, ""), (1, "")] and current == 3
     await first.put_segment("legacy", "false", "")
     assert [d.version for d in (await first.segment_versions("legacy"))[0]] == [2, 1]  # v1 joined the history

@@ -274,6 +274,19 @@ async def test_segments_are_put_evaluated_kept_current_by_ingest_paged_and_delet
     assert ([s.version for s in history.versions], history.current_version) == ([2, 1], 0)
     await expect_error(stub.ListSegmentVersions(pb.ListSegmentVersionsRequest(name="never"), timeout=5),
                        grpc.StatusCode.NOT_FOUND, "segment 'never' was never put")
+    # One version per page: newest first, the version in force (none: deleted) on every page, then the end.
+    first = await stub.ListSegmentVersions(pb.ListSegmentVersionsRequest(name="big-spenders", page_size=1), timeout=5)
+    assert ([s.version for s in first.versions], first.current_version) == ([2], 0) and first.next_page_token
+    last = await stub.ListSegmentVersions(pb.ListSegmentVersionsRequest(
+        name="big-spenders", page_size=1, page_token=first.next_page_token), timeout=5)
+    assert ([s.version for s in last.versions], last.next_page_token) == ([1], "")
+    for request, field in (
+        (pb.ListSegmentVersionsRequest(name="big-spenders", page_size=-1), "page_size"),
+        (pb.ListSegmentVersionsRequest(name="big-spenders", page_size=1001), "page_size"),
+        (pb.ListSegmentVersionsRequest(name="big-spenders", page_token="bm90LWEtdmVyc2lvbg=="), "page_token"),
+        (pb.ListSegmentVersionsRequest(name="big-spenders", page_token="?"), "page_token"),
+    ):
+        await expect_error(stub.ListSegmentVersions(request, timeout=5), grpc.StatusCode.INVALID_ARGUMENT, field)
     # A bad name is INVALID_ARGUMENT naming the request's own field.
     for call, field in (
         (stub.ListSegmentVersions(pb.ListSegmentVersionsRequest(name="Bad Name"), timeout=5), "name"),

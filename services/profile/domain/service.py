@@ -60,6 +60,8 @@ SEGMENT_PAGE = 500
 LINEAGE_RETRIES = 3
 MAX_MEMBERS_PAGE = 1000
 DEFAULT_MEMBERS_PAGE = 100
+MAX_VERSIONS_PAGE = 1000
+DEFAULT_VERSIONS_PAGE = 100
 #: Customers one RefoldProfiles call rebuilds at most, and by default with `all`.
 MAX_REFOLD_PAGE = 1000
 DEFAULT_REFOLD_PAGE = 200
@@ -217,8 +219,9 @@ class ProfileRepository(Protocol):
         """Store a new version; FailedPrecondition when `expected_version` is set and is not the current one."""
         ...
 
-    async def segment_versions(self, name: str) -> tuple[list[SegmentDefinition], int]:
-        """Every version ever put under this name, newest first, and the current version (0 when deleted)."""
+    async def segment_versions(self, name: str, below: int, limit: int) -> tuple[list[SegmentDefinition], int]:
+        """Up to `limit` of the versions put under this name older than `below` (0: from the newest), newest first,
+        and the current version (0 when deleted)."""
         ...
 
     async def delete_segment(self, name: str) -> bool:
@@ -656,13 +659,19 @@ class ProfileService:
         next poll: a put through one replica is listed by every replica at once)."""
         return await self._repository.load_segments()
 
-    async def segment_versions(self, name: str) -> tuple[list[SegmentDefinition], int]:
-        """A segment's versions, newest first, and its current version (0 when it was deleted)."""
+    async def segment_versions(
+        self, name: str, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[SegmentDefinition], int, str]:
+        """One page of a segment's versions, newest first, its current version (0 when it was deleted) and the token
+        of the next page ("" on the last)."""
         check_name(name, "name")
-        versions, current = await self._repository.segment_versions(name)
-        if not versions:
+        size, below = _page_size(page_size, DEFAULT_VERSIONS_PAGE, MAX_VERSIONS_PAGE), _decode_version_token(page_token)
+        versions, current = await self._repository.segment_versions(name, below, size + 1)
+        if not versions and not below:
             raise NotFound(f"segment {name!r} was never put")
-        return versions, current
+        if len(versions) > size:
+            return versions[:size], current, _encode_token(str(versions[size - 1].version))
+        return versions, current, ""
 
     async def refold_targets(
         self, customer_ids: Sequence[str], every: bool, page_size: int, page_token: str
@@ -680,9 +689,7 @@ class ProfileService:
                 except InvalidArgument as exc:
                     raise InvalidArgument(f"customer_ids[{i}]", exc.reason) from None
             return list(dict.fromkeys(customer_ids)), ""
-        if not 0 <= page_size <= MAX_REFOLD_PAGE:
-            raise InvalidArgument("page_size", f"0 (the default, {DEFAULT_REFOLD_PAGE}) to {MAX_REFOLD_PAGE}")
-        size, after = page_size or DEFAULT_REFOLD_PAGE, _decode_token(page_token)
+        size, after = _page_size(page_size, DEFAULT_REFOLD_PAGE, MAX_REFOLD_PAGE), _decode_token(page_token)
         ids = await self._repository.customer_ids(after, size)
         return ids, _encode_token(ids[-1]) if len(ids) == size else ""
 
@@ -732,6 +739,21 @@ def _decode_token(token: str) -> str:
     if not after or _encode_token(after) != token:  # the decoder skips foreign characters: check the round trip
         raise InvalidArgument("page_token", "not a token this service issued")
     return after
+
+
+def _page_size(page_size: int, default: int, maximum: int) -> int:
+    """The page size a request asks for (0: the default); INVALID_ARGUMENT outside 0..maximum."""
+    if not 0 <= page_size <= maximum:
+        raise InvalidArgument("page_size", f"0 (the default, {default}) to {maximum}")
+    return page_size or default
+
+
+def _decode_version_token(token: str) -> int:
+    """The version a page of segment versions continues below (0: the first page)."""
+    version = _decode_token(token)
+    if version and not (version.isdigit() and int(version) > 0):
+        raise InvalidArgument("page_token", "not a token this service issued")
+    return int(version) if version else 0
 
 
 def _check_customer_id(customer_id: str) -> None:
