@@ -133,6 +133,9 @@ async def test_slow_scoring_degrades_within_the_budget(database_url, serve, tmp_
 
 async def test_scoring_port_closed_degrades_to_rules(database_url, serve, tmp_path):
     mesh = await start_mesh(serve, tmp_path, database_url, closed=("scoring",), budget_web_ms=100)
+    # Warm identity, profile and inventory connections: a cold first call on a busy machine can spend the whole
+    # 100 ms budget on identity, and this test is about the closed scoring port.
+    await mesh.stub.Decide(web_request(), timeout=5)
     started = time.monotonic()
     reply = await without_deadline(mesh.stub.Decide(web_request()))
     assert time.monotonic() - started < 0.3
