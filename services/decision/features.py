@@ -36,20 +36,25 @@ OFFER_FEATURE_NAMES: tuple[str, ...] = (
 )
 
 
-def offer_features(offer: Offer, context: RequestContext, catalogue: Catalogue) -> dict[str, float]:
-    """The named offer/context features of one candidate row (names in OFFER_FEATURE_NAMES)."""
+def offer_feature_values(offer: Offer, context: RequestContext, catalogue: Catalogue) -> list[float]:
+    """The offer/context features of one candidate row, in OFFER_FEATURE_NAMES order (what `Decide` sends scoring,
+    as one column block for all candidates)."""
     product = catalogue.products.get(offer.product_id) if offer.product_id else None
     viewing = catalogue.product_of_sku.get(context.sku) if context.sku else None
-    features = {f"offer_type_{t}": float(offer.type == t) for t in OFFER_TYPES}
-    features.update({f"ctx_channel_{c}": float(context.channel == c) for c in CHANNELS})
-    features.update(
-        offer_discount_pct=offer.discount_pct,
-        offer_value=offer.value,
-        offer_price=product.price if product else 0.0,
-        offer_has_product=float(product is not None),
-        ctx_dwell_seconds=context.dwell_seconds,
-        ctx_cart_value=context.cart_value,
-        ctx_cart_items=float(context.cart_items),
-        ctx_viewing_offer_product=float(product is not None and viewing == product.product_id),
-    )
-    return features
+    return [
+        *(float(offer.type == t) for t in OFFER_TYPES),
+        offer.discount_pct,
+        offer.value,
+        product.price if product else 0.0,
+        float(product is not None),
+        *(float(context.channel == c) for c in CHANNELS),
+        context.dwell_seconds,
+        context.cart_value,
+        float(context.cart_items),
+        float(product is not None and viewing == product.product_id),
+    ]
+
+
+def offer_features(offer: Offer, context: RequestContext, catalogue: Catalogue) -> dict[str, float]:
+    """The same row by name (training sets, tools)."""
+    return dict(zip(OFFER_FEATURE_NAMES, offer_feature_values(offer, context, catalogue), strict=True))

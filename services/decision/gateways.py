@@ -228,15 +228,20 @@ class ScoringGateway(_Gateway):
         self,
         customer_id: str,
         customer_features: Mapping[str, float],
-        candidates: Sequence[tuple[str, Mapping[str, float]]],
+        offer_columns: Sequence[str],
+        candidates: Sequence[tuple[str, Sequence[float]]],
         timeout: float,
     ) -> Scores:
-        """All candidates in one call: (offer id, offer features) -> each offer's acceptance probability."""
+        """All candidates in one call: (offer id, its offer features in `offer_columns` order) -> each offer's
+        acceptance probability. The offer features go as one packed column block, not a map per candidate: a
+        fifth of the bytes, and a fraction of the CPU to build here and to read in scoring."""
         request = scoring_pb.ScoreRequest(
             use_case=OFFER_PROPENSITY,
             customer_id=customer_id,
             customer_features=customer_features,
-            candidates=[scoring_pb.Candidate(offer_id=oid, offer_features=f) for oid, f in candidates],
+            candidates=[scoring_pb.Candidate(offer_id=oid) for oid, _ in candidates],
+            offer_columns=offer_columns,
+            offer_values=[value for _, values in candidates for value in values],
         )
         try:
             reply = await self._stub.Score(request, timeout=timeout)

@@ -60,7 +60,7 @@ from services.decision.domain.validation import (
     validate_outcome,
     validate_report,
 )
-from services.decision.features import offer_features
+from services.decision.features import OFFER_FEATURE_NAMES, offer_feature_values
 from services.decision.gateways import DependencyError, Gateways
 from services.decision.metrics import DecisionMetrics
 from services.decision.stock import StockReader
@@ -400,11 +400,14 @@ class DecisionService:
         timeout = plan.last_timeout()
         if screening.eligible:
             features = request_context(channel, ctx)
-            candidates = [(o.id, offer_features(o, features, catalogue)) for o in screening.eligible]
+            candidates = [(o.id, offer_feature_values(o, features, catalogue)) for o in screening.eligible]
+            score = self.gateways.scoring.score(
+                customer.customer_id, customer.features, OFFER_FEATURE_NAMES, candidates, timeout
+            )
             scoring = _in_span(
                 self._tracer,
                 "decision.scoring",
-                _attempt(self.gateways.scoring.score(customer.customer_id, customer.features, candidates, timeout)),
+                _attempt(score),
                 {"nextbest.candidates": len(candidates)},
             )
         else:

@@ -79,6 +79,18 @@ class OfferCandidate:
 _NO_CATEGORIES: Mapping[str, str] = {}
 
 
+@dataclass(frozen=True, slots=True)
+class OfferColumns:
+    """Every candidate's offer features as one dense block (`ScoreRequest.offer_columns` / `offer_values`): numeric
+    feature names, and row-major values, one row per candidate in candidate order."""
+
+    names: Sequence[str] = ()
+    values: Sequence[float] = ()
+
+
+NO_OFFER_COLUMNS = OfferColumns()
+
+
 class FeatureSchema:
     """A model's input features mapped onto its matrix columns, computed once per loaded model.
 
@@ -155,8 +167,10 @@ class FeatureSchema:
         customer_features: Mapping[str, float],
         candidates: Sequence[Candidate],
         customer_categories: Mapping[str, str] = _NO_CATEGORIES,
+        offer_columns: OfferColumns = NO_OFFER_COLUMNS,
     ) -> np.ndarray:
-        """N candidates x F columns, float32: the customer's row joined with each offer's features.
+        """N candidates x F columns, float32: the customer's row joined with each offer's features (from the
+        candidates' maps or, the fast path, from `offer_columns`).
 
         An offer feature wins over a customer feature of the same name; features nobody sent are NaN (missing).
         A value that is not finite is rejected naming it, e.g. `candidates[3].offer_features[offer_value]`.
@@ -166,19 +180,70 @@ class FeatureSchema:
             raise InvalidArgument(f"customer_features[{bad[0]}]", bad[1])
         if customer_categories and (bad := self._fill_categories(customer_row, customer_categories)) is not None:
             raise InvalidArgument(f"customer_categories[{bad[0]}]", bad[1])
-        rows = []
+        dense = bool(offer_columns.names)
+        rows, own_rows = [], False
         for i, candidate in enumerate(candidates):
-            row = customer_row.copy()
-            if (bad := self._fill(row, candidate.offer_features)) is not None:
-                raise InvalidArgument(f"candidates[{i}].offer_features[{bad[0]}]", bad[1])
+            features = candidate.offer_features
             categories = getattr(candidate, "offer_categories", None)
+            if dense and features:
+                raise InvalidArgument(f"candidates[{i}].offer_features", "must be empty when offer_columns is set")
+            if not features and not categories:
+                rows.append(customer_row)  # np.array copies: the rows may share one list
+                continue
+            row = customer_row.copy()
+            if (bad := self._fill(row, features)) is not None:
+                raise InvalidArgument(f"candidates[{i}].offer_features[{bad[0]}]", bad[1])
             if categories and (bad := self._fill_categories(row, categories)) is not None:
                 raise InvalidArgument(f"candidates[{i}].offer_categories[{bad[0]}]", bad[1])
             rows.append(row)
-        matrix = np.array(rows, dtype=np.float32)
+            own_rows = True
+        if own_rows:
+            matrix = np.array(rows, dtype=np.float32)
+        else:  # every row is the customer's (the column block fills the rest): one row, repeated
+            matrix = np.tile(np.array(customer_row, dtype=np.float32), (len(rows), 1))
+        if dense:
+            self._fill_offer_columns(matrix, offer_columns)
+        elif offer_columns.values:
+            raise InvalidArgument("offer_values", "must be empty when offer_columns is")
         if not self.allows_missing:
             self._require_complete(matrix, lambda row: f"candidates[{row}]")
         return matrix
+
+    def _fill_offer_columns(self, matrix: np.ndarray, offer_columns: OfferColumns) -> None:
+        names = offer_columns.names
+        rows, width = matrix.shape[0], len(names)
+        values = np.array(offer_columns.values, dtype=np.float64)  # a packed repeated field converts in one go
+        if values.size != rows * width:
+            raise InvalidArgument(
+                "offer_values", f"must hold {width} values (one per offer column) for each of the {rows} candidates"
+                f" ({rows * width}), got {values.size}"
+            )
+        values = values.reshape(rows, width)
+        self._check_dense(names, values, "offer_columns", "offer_values")
+        sources, targets = [], []
+        for j, name in enumerate(names):
+            if (column := self.columns.get(name)) is not None:
+                sources.append(j)
+                targets.append(column)
+            elif name in self.categorical:
+                raise InvalidArgument(f"offer_columns[{j}]", f"{name} is categorical in this model: send its level as"
+                                      " text in the candidates' offer_categories")
+            elif self.reject_unknown:
+                raise InvalidArgument(f"offer_columns[{j}]", f"{name} is not a feature of {self.model}")
+        matrix[:, targets] = values[:, sources]
+
+    @staticmethod
+    def _check_dense(names: Sequence[str], values: np.ndarray, names_field: str, values_field: str) -> None:
+        """A dense block (rows x len(names)) names each column once and holds only values float32 can hold."""
+        seen: set[str] = set()
+        for j, name in enumerate(names):
+            if name in seen:
+                raise InvalidArgument(f"{names_field}[{j}]", f"{name} appears twice")
+            seen.add(name)
+        out_of_range = np.abs(values) > _FLOAT32_MAX  # NaN compares false: a missing value
+        if out_of_range.any():
+            row, j = (int(i) for i in np.argwhere(out_of_range)[0])
+            raise InvalidArgument(f"{values_field}[{row * len(names) + j}]", f"{names[j]} {_OUT_OF_RANGE}")
 
     def _require_complete(self, matrix: np.ndarray, where: Callable[[int], str]) -> None:
         missing = np.isnan(matrix)
@@ -193,15 +258,9 @@ class FeatureSchema:
         """The model matrix of a dense batch: `values` is rows x len(columns), float64, categorical as level index."""
         rows = values.shape[0]
         matrix = np.full((rows, len(self.names)), np.nan, dtype=np.float32)
-        seen: set[str] = set()
+        self._check_dense(columns, values, "columns", "values")
         for j, name in enumerate(columns):
-            if name in seen:
-                raise InvalidArgument(f"columns[{j}]", f"{name} appears twice")
-            seen.add(name)
             column = values[:, j]
-            if np.any(np.abs(column) > _FLOAT32_MAX):
-                row = int(np.flatnonzero(np.abs(column) > _FLOAT32_MAX)[0])
-                raise InvalidArgument(f"values[{row * len(columns) + j}]", f"{name} {_OUT_OF_RANGE}")
             if (target := self.columns.get(name)) is not None:
                 matrix[:, target] = column
             elif (spec := self.categorical.get(name)) is not None:
@@ -609,13 +668,14 @@ class ScoringService:
         candidates: Sequence[Candidate],
         customer_id: str = "",
         customer_categories: Mapping[str, str] = _NO_CATEGORIES,
+        offer_columns: OfferColumns = NO_OFFER_COLUMNS,
     ) -> Scores:
         """Scores every candidate for the customer with one model call; a bad request never reaches the model."""
         self._check_candidates(candidates)
         use_case = use_case or self.default_use_case
         serving = self._serving(use_case, customer_id)
         # Feature values are checked while the matrix is built (one read of each map), so after the use case.
-        matrix = serving.schema.score_matrix(customer_features, candidates, customer_categories)
+        matrix = serving.schema.score_matrix(customer_features, candidates, customer_categories, offer_columns)
         probabilities = serving.booster.inplace_predict(matrix, validate_features=False)
         return Scores(
             serving.model.name,
@@ -633,6 +693,7 @@ class ScoringService:
         customer_id: str = "",
         customer_categories: Mapping[str, str] = _NO_CATEGORIES,
         top_k: int = 0,
+        offer_columns: OfferColumns = NO_OFFER_COLUMNS,
     ) -> Explanation:
         """SHAP contributions (XGBoost `pred_contribs`) per candidate, top `top_k` input features each."""
         if top_k < 0 or top_k > MAX_TOP_K:
@@ -641,7 +702,7 @@ class ScoringService:
         use_case = use_case or self.default_use_case
         serving = self._serving(use_case, customer_id)
         schema = serving.schema
-        matrix = schema.score_matrix(customer_features, candidates, customer_categories)
+        matrix = schema.score_matrix(customer_features, candidates, customer_categories, offer_columns)
 
         def contribute() -> tuple[np.ndarray, np.ndarray]:
             data = xgb.DMatrix(matrix, feature_names=list(schema.names), nthread=1)

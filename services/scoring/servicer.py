@@ -14,7 +14,7 @@ from opentelemetry import trace
 from libs.errors import InvalidArgument
 from libs.protoconv import to_timestamp
 from services.scoring.artifacts import FeatureKind, ModelStatus
-from services.scoring.domain import RegisteredModel, ScoringService
+from services.scoring.domain import OfferColumns, RegisteredModel, ScoringService
 
 FULL_NAME = pb.DESCRIPTOR.services_by_name["ScoringService"].full_name
 
@@ -73,6 +73,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             request.candidates,
             request.customer_id,
             request.customer_categories,
+            OfferColumns(request.offer_columns, request.offer_values),
         )
         span.set_attribute("nextbest.model_version", scores.model_version)
         return pb.ScoreResponse(
@@ -93,6 +94,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             request.customer_id,
             request.customer_categories,
             request.top_k,
+            OfferColumns(request.offer_columns, request.offer_values),
         )
         return pb.ExplainResponse(
             model_name=explanation.model_name,

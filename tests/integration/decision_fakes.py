@@ -174,6 +174,15 @@ class FakeProfile(profile_grpc.ProfileServiceServicer):
         return profile_pb.IngestEventsResponse(accepted=accepted, duplicates=duplicates)
 
 
+def sent_offer_features(request: scoring_pb.ScoreRequest) -> dict[str, dict[str, float]]:
+    """Each candidate's offer features by name, read back from the request's column block."""
+    width = len(request.offer_columns)
+    return {
+        c.offer_id: dict(zip(request.offer_columns, request.offer_values[i * width : (i + 1) * width], strict=True))
+        for i, c in enumerate(request.candidates)
+    }
+
+
 class FakeScoring(scoring_grpc.ScoringServiceServicer):
     def __init__(self) -> None:
         self.probabilities: dict[str, float] = {}

@@ -17,7 +17,16 @@ from services.decision.catalogue import parse_catalogue
 from services.decision.features import RequestContext, offer_features
 from services.decision.settings import DecisionSettings
 from services.decision.storage import decisions
-from tests.integration.decision_fakes import EMAIL, OFFERS, POS, PRODUCTS, WEB, start_mesh, write_catalogue
+from tests.integration.decision_fakes import (
+    EMAIL,
+    OFFERS,
+    POS,
+    PRODUCTS,
+    WEB,
+    sent_offer_features,
+    start_mesh,
+    write_catalogue,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +79,8 @@ async def test_happy_path_ranks_by_propensity_value_lever_and_context(database_u
     assert dict(score_request.customer_features) == {"cust_order_count": 12.0, "cust_net_value": 2500.0}
     catalogue = parse_catalogue({"version": "test-1", "offers": OFFERS}, {"products": PRODUCTS})
     expected = offer_features(catalogue.offer("tee-discount"), RequestContext(channel="web"), catalogue)
-    sent = {c.offer_id: dict(c.offer_features) for c in score_request.candidates}
+    assert all(not c.offer_features for c in score_request.candidates)  # sent as one column block instead
+    sent = sent_offer_features(score_request)
     assert sent["tee-discount"] == pytest.approx(expected)
     assert set(sent) == {"tee-discount", "sneaker-discount", "sneaker-preorder", "free-shipping", "gold-perk",
                          "cap-cross-sell"}
@@ -99,7 +109,7 @@ async def test_default_max_offers_and_long_dwell_reorders(database_url, serve, t
     assert [o.offer_id for o in reply.offers] == ["tee-discount", "sneaker-discount", "cap-cross-sell"]  # 3 by default
     # 0.6 x 6 x 1.5 = 5.4 overtakes the sneaker's 0.3 x 15 = 4.5.
     assert reply.offers[0].score == pytest.approx(5.4) and "long_dwell" in reply.offers[0].reason_codes
-    sent = {c.offer_id: c.offer_features for c in mesh.scoring.requests[0].candidates}
+    sent = sent_offer_features(mesh.scoring.requests[0])
     assert sent["tee-discount"]["ctx_dwell_seconds"] == 40 and sent["tee-discount"]["ctx_viewing_offer_product"] == 1
 
 

@@ -110,6 +110,42 @@ async def test_score_rejects_bad_input_naming_the_field(serve, database_url, tra
     assert len((await stub.Score(score_request(*[0.5] * 200), timeout=5)).scores) == 200
 
 
+def as_columns(request: pb.ScoreRequest) -> pb.ScoreRequest:
+    """The same request with its offer features as one packed column block (the decision service's form)."""
+    dense = pb.ScoreRequest()
+    dense.CopyFrom(request)
+    dense.offer_columns.append("offer_value")
+    for candidate in dense.candidates:
+        dense.offer_values.append(candidate.offer_features.pop("offer_value"))
+    return dense
+
+
+async def test_offer_features_as_columns_score_exactly_as_maps_and_are_checked(serve, database_url, trained, tmp_path):
+    stub = await start(serve, database_url, trained, tmp_path)
+    by_map = score_request(-2.0, 2.0, math.nan, 0.2, loyalty=1.0, noise=0.5)
+    dense = as_columns(by_map)
+    assert len(dense.SerializeToString()) < len(by_map.SerializeToString())
+    scores = (await stub.Score(dense, timeout=5)).scores
+    assert scores == (await stub.Score(by_map, timeout=5)).scores
+    explain = pb.ExplainRequest(customer_features=dense.customer_features, candidates=dense.candidates,
+                                offer_columns=dense.offer_columns, offer_values=dense.offer_values)
+    explained = await stub.Explain(explain, timeout=5)
+    assert [e.probability for e in explained.explanations] == [s.probability for s in scores]
+
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    short = as_columns(score_request(1.0, 2.0))
+    del short.offer_values[-1]
+    await expect_error(stub.Score(short, timeout=5), invalid, "offer_values: must hold 1 values")
+    infinite = as_columns(score_request(1.0, -math.inf))
+    await expect_error(stub.Score(infinite, timeout=5), invalid, "offer_values[1]: offer_value must be finite")
+    unknown = as_columns(score_request(1.0))
+    unknown.offer_columns[0] = "colour"
+    await expect_error(stub.Score(unknown, timeout=5), invalid, "offer_columns[0]: colour is not a feature")
+    mixed = as_columns(score_request(1.0, 2.0))
+    mixed.candidates[1].offer_features["offer_value"] = 2.0
+    await expect_error(stub.Score(mixed, timeout=5), invalid, "candidates[1].offer_features: must be empty")
+
+
 async def test_list_models_shows_the_registry_newest_first(serve, database_url, trained, tmp_path):
     models_dir = tmp_path / "models"
     shutil.copytree(trained, models_dir)

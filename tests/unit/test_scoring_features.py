@@ -10,7 +10,7 @@ import pytest
 
 from libs.errors import InvalidArgument
 from services.scoring.artifacts import FeatureKind, FeatureSpec
-from services.scoring.domain import FeatureSchema, OfferCandidate
+from services.scoring.domain import FeatureSchema, OfferCandidate, OfferColumns
 
 pytestmark = pytest.mark.unit
 
@@ -140,3 +140,49 @@ def test_batch_matrix_maps_columns_by_name_and_categoricals_by_level_index():
         with pytest.raises(InvalidArgument) as error:
             schema.batch_matrix(columns, bad_values)
         assert error.value.field == field
+
+
+def test_offer_columns_fill_the_same_matrix_as_per_candidate_maps():
+    schema = FeatureSchema(["offer_value", "total_spend", "offer_discount_pct", FeatureSpec("job", FeatureKind.CATEGORICAL,
+                                                                                            ("admin", "blue-collar"))])
+    customer = {"total_spend": 120.5}
+    by_map = schema.score_matrix(customer, [
+        OfferCandidate("o-1", {"offer_value": 10.0, "offer_discount_pct": 0.2}),
+        OfferCandidate("o-2", {"offer_value": 25.0}, {"job": "admin"}),
+    ])
+    by_columns = schema.score_matrix(
+        customer,
+        [OfferCandidate("o-1", {}), OfferCandidate("o-2", {}, {"job": "admin"})],  # categories stay per candidate
+        offer_columns=OfferColumns(["offer_discount_pct", "offer_value"], [0.2, 10.0, math.nan, 25.0]),
+    )
+    assert np.array_equal(by_map, by_columns, equal_nan=True)
+    lenient = FeatureSchema(["offer_value"], reject_unknown=False)
+    matrix = lenient.score_matrix({}, [OfferCandidate("a", {})], offer_columns=OfferColumns(["x", "offer_value"], [1, 2]))
+    assert matrix.tolist() == [[2.0]]  # an unknown column is ignored when so configured
+
+
+@pytest.mark.parametrize(
+    ("candidates", "names", "values", "field", "reason"),
+    [
+        (2, ["offer_value"], [1.0], "offer_values", "must hold 1 values (one per offer column) for each of the 2"),
+        (1, ["offer_value", "offer_value"], [1.0, 2.0], "offer_columns[1]", "offer_value appears twice"),
+        (1, ["offer_vlaue"], [1.0], "offer_columns[0]", "offer_vlaue is not a feature of the model"),
+        (1, ["job"], [1.0], "offer_columns[0]", "job is categorical in this model"),
+        (2, ["offer_value", "total_spend"], [1.0, 2.0, 3.0, -math.inf], "offer_values[3]", "total_spend must be finite"),
+        (1, [], [1.0], "offer_values", "must be empty when offer_columns is"),
+    ],
+)
+def test_bad_offer_columns_are_refused_naming_the_field(candidates, names, values, field, reason):
+    schema = FeatureSchema(["offer_value", "total_spend", FeatureSpec("job", FeatureKind.CATEGORICAL, ("admin",))])
+    offers = [OfferCandidate(f"o-{i}", {}) for i in range(candidates)]
+    with pytest.raises(InvalidArgument) as error:
+        schema.score_matrix({}, offers, offer_columns=OfferColumns(names, values))
+    assert error.value.field == field and error.value.reason.startswith(reason)
+
+
+def test_offer_columns_and_per_candidate_maps_are_not_mixed():
+    schema = FeatureSchema(["offer_value"])
+    with pytest.raises(InvalidArgument) as error:
+        schema.score_matrix({}, [OfferCandidate("a", {}), OfferCandidate("b", {"offer_value": 1.0})],
+                            offer_columns=OfferColumns(["offer_value"], [1.0, 2.0]))
+    assert error.value.field == "candidates[1].offer_features"
