@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from sqlalchemy import event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from libs.errors import AlreadyExists, Unavailable
 
@@ -87,6 +87,16 @@ def reader(engine: AsyncEngine) -> AsyncEngine:
     BEGIN and ROLLBACK round trips SQLAlchemy would add around it (two of three round trips of a primary-key read).
     SQLite never opens one for a SELECT anyway."""
     return engine.execution_options(isolation_level="AUTOCOMMIT") if engine.dialect.name == "postgresql" else engine
+
+
+def one_statement(engine: AsyncEngine) -> AbstractAsyncContextManager[AsyncConnection]:
+    """A connection for ONE write statement that must apply whole, committed when the block ends. On PostgreSQL a
+    statement is its own transaction, and so is an executemany (asyncpg sends all its rows before one Sync: atomic
+    since 0.22), so autocommit saves the BEGIN and COMMIT round trips: one round trip instead of three. SQLite's
+    executemany commits row by row outside a transaction, so there it runs inside one."""
+    if engine.dialect.name == "postgresql":
+        return reader(engine).connect()
+    return engine.begin()
 
 
 def insert_for(engine: AsyncEngine):

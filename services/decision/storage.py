@@ -47,7 +47,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from libs.cancellation import uncancelled
-from libs.db import as_utc, insert_for, reader, translate_errors
+from libs.db import as_utc, insert_for, one_statement, reader, translate_errors
 from services.decision.domain.contact import DAY, RESPONSES, WEEK, Contacts
 from services.decision.domain.experiment import CONTROL, TREATMENT
 from services.decision.domain.lineage import LoggedDecision, LoggedOutcome
@@ -319,7 +319,7 @@ class DecisionRepository:
         while self._waiting:
             batch, self._waiting = self._waiting, []
             try:
-                async with translate_errors("decision log"), self.engine.begin() as conn:
+                async with translate_errors("decision log"), one_statement(self.engine) as conn:
                     await conn.execute(decisions.insert(), [row for row, _ in batch])
             except Exception as exc:  # noqa: BLE001 - handed to every waiting caller, who raises it
                 for _, done in batch:
@@ -338,7 +338,7 @@ class DecisionRepository:
 
     async def insert_outcome(self, row: Mapping[str, Any]) -> bool:
         """Insert unless the outcome id is already recorded; True when this call inserted it."""
-        async with translate_errors("outcome"), self.engine.begin() as conn:
+        async with translate_errors("outcome"), one_statement(self.engine) as conn:
             return (await conn.execute(self._insert_outcome, dict(row))).first() is not None
 
     async def insert_outcome_within_budget(
@@ -449,7 +449,7 @@ class DecisionRepository:
             .order_by(outcomes.c.recorded_at, outcomes.c.outcome_id)
             .limit(limit)
         )
-        async with translate_errors("outbox"), self.engine.connect() as conn:
+        async with translate_errors("outbox"), reader(self.engine).connect() as conn:
             rows = (await conn.execute(statement)).all()
         return [
             PendingOutcome(r.outcome_id, r.customer_id, r.decision_id, r.offer_id, r.type, as_utc(r.occurred_at))

@@ -100,3 +100,17 @@ async def test_a_decision_logged_without_offer_ids_is_counted_from_its_offers(re
     assert sorted(stored) == [("d00001", ["cap"]), ("d00002", None)]
     counts = await repository.contacts("ann", "web", ["cap", "other"], now, now - 7 * DAY, ignore_after=HOUR)
     assert counts == {"cap": Contacts(today=2, week=2, ignored=2), "other": Contacts(today=1, week=1, ignored=1)}
+
+
+async def test_a_group_commit_of_the_log_applies_whole_or_not_at_all(repository):
+    # On PostgreSQL the batch is one autocommit executemany (one round trip): its atomicity is asyncpg's, checked here.
+    now = utcnow()
+    await repository.save_decision(decision(1, "ann", "web", now, ["cap"]))
+    batch = [decision(2, "ann", "web", now, ["cap"]), decision(1, "bob", "web", now, ["cap"]),  # d00001 again
+             decision(3, "ann", "web", now, ["cap"])]
+    results = await asyncio.gather(*(repository.save_decision(row) for row in batch), return_exceptions=True)
+    assert all(isinstance(result, Exception) for result in results)  # one INSERT for the three: all share its fate
+    async with repository.engine.connect() as conn:
+        stored = (await conn.execute(select(decisions.c.decision_id, decisions.c.customer_id))).all()
+    assert [tuple(row) for row in stored] == [("d00001", "ann")]
+    await repository.save_decision(decision(2, "ann", "web", now, ["cap"]))  # the connection is fine afterwards
