@@ -234,7 +234,7 @@ class ScoringGateway(_Gateway):
     ) -> Scores:
         """All candidates in one call: (offer id, its offer features in `offer_columns` order) -> each offer's
         acceptance probability. The offer features go as one packed column block, not a map per candidate: a
-        fifth of the bytes, and a fraction of the CPU to build here and to read in scoring."""
+        third of the bytes, and a fraction of the CPU to build here and to read in scoring."""
         request = scoring_pb.ScoreRequest(
             use_case=OFFER_PROPENSITY,
             customer_id=customer_id,
