@@ -294,6 +294,7 @@ class DecisionRepository:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self._reader = reader(engine)  # also the autocommit engine of one-statement writes
         self._insert = insert_for(engine)
         self._insert_outcome = (
             self._insert(outcomes)
@@ -319,7 +320,7 @@ class DecisionRepository:
         while self._waiting:
             batch, self._waiting = self._waiting, []
             try:
-                async with translate_errors("decision log"), one_statement(self.engine) as conn:
+                async with translate_errors("decision log"), one_statement(self._reader) as conn:
                     await conn.execute(decisions.insert(), [row for row, _ in batch])
             except Exception as exc:  # noqa: BLE001 - handed to every waiting caller, who raises it
                 for _, done in batch:
@@ -330,7 +331,7 @@ class DecisionRepository:
 
     async def decision_for_outcome(self, decision_id: str) -> tuple[str, str, list[str]] | None:
         """(customer id, channel, ids of the offers the decision returned), or None when there is no such decision."""
-        async with translate_errors("decision log"), reader(self.engine).connect() as conn:
+        async with translate_errors("decision log"), self._reader.connect() as conn:
             found = (await conn.execute(DECISION_FOR_OUTCOME, {"decision_id": decision_id})).first()
         if found is None:
             return None
@@ -338,7 +339,7 @@ class DecisionRepository:
 
     async def insert_outcome(self, row: Mapping[str, Any]) -> bool:
         """Insert unless the outcome id is already recorded; True when this call inserted it."""
-        async with translate_errors("outcome"), one_statement(self.engine) as conn:
+        async with translate_errors("outcome"), one_statement(self._reader) as conn:
             return (await conn.execute(self._insert_outcome, dict(row))).first() is not None
 
     async def insert_outcome_within_budget(
@@ -399,7 +400,7 @@ class DecisionRepository:
         offer they were never shown is absent. One aggregate query (see `_CONTACTS`)."""
 
         async def read() -> list[Row]:
-            async with translate_errors("decision log"), reader(self.engine).connect() as conn:
+            async with translate_errors("decision log"), self._reader.connect() as conn:
                 parameters = {
                     "customer_id": customer_id, "channel": channel, "offer_ids": list(offer_ids), "since": since,
                     "day_start": now - DAY, "week_start": now - WEEK, "ignored_before": now - ignore_after,
@@ -413,7 +414,7 @@ class DecisionRepository:
     async def report_totals(self, query: ReportQuery) -> list[GroupTotals]:
         """Counts and revenue sums per group and arm for the report, aggregated in the database (two nested
         GROUP BYs over the window's decisions, found through the created_at index), never row by row in Python."""
-        async with translate_errors("decision log"), reader(self.engine).connect() as conn:
+        async with translate_errors("decision log"), self._reader.connect() as conn:
             rows = (await conn.execute(_report_statement(query, conn.dialect.name))).all()
         dimensions = query.group_by
         return [
@@ -449,7 +450,7 @@ class DecisionRepository:
             .order_by(outcomes.c.recorded_at, outcomes.c.outcome_id)
             .limit(limit)
         )
-        async with translate_errors("outbox"), reader(self.engine).connect() as conn:
+        async with translate_errors("outbox"), self._reader.connect() as conn:
             rows = (await conn.execute(statement)).all()
         return [
             PendingOutcome(r.outcome_id, r.customer_id, r.decision_id, r.offer_id, r.type, as_utc(r.occurred_at))
@@ -477,7 +478,7 @@ class DecisionRepository:
 
     async def lineage_cursor(self) -> int:
         """The seq of the last lineage journal entry applied (0: none)."""
-        async with translate_errors("decision lineage"), reader(self.engine).connect() as connection:
+        async with translate_errors("decision lineage"), self._reader.connect() as connection:
             seq = await connection.scalar(select(lineage_cursor.c.seq).where(lineage_cursor.c.source == LINEAGE_SOURCE))
         return seq or 0
 
