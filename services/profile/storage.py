@@ -1049,6 +1049,11 @@ class SqlProfileRepository:
             )
             return list(rows)
 
+    async def segment_exists(self, name: str) -> bool:
+        async with translate_errors("read segments"), self._reader.connect() as connection:
+            found = await connection.scalar(select(profile_segments.c.version).where(profile_segments.c.name == name))
+        return found is not None
+
     async def segment_members(self, segment: str, after: str, limit: int) -> list[SegmentMember]:
         async with translate_errors("list segment members"), self._reader.connect() as connection:
             rows = await connection.execute(

@@ -245,6 +245,10 @@ class ProfileRepository(Protocol):
         """A segment's members in customer-id order, after `after`."""
         ...
 
+    async def segment_exists(self, name: str) -> bool:
+        """Whether a definition of this name is stored now (one row read, not every definition)."""
+        ...
+
 
 class ProfileService:
     """The profile service's use cases, independent of gRPC and SQL."""
@@ -700,7 +704,7 @@ class ProfileService:
         check_name(name, "segment")
         # The stored definitions decide, as for ListSegments: a segment put through another replica has members
         # (its put evaluated everyone) before this replica's poll loads it.
-        if name not in {definition.name for definition in await self.list_segments()}:
+        if not await self._repository.segment_exists(name):
             raise NotFound(f"segment {name!r} does not exist")
         if page_size < 0:
             raise InvalidArgument("page_size", "must be >= 0")
