@@ -2,7 +2,7 @@
 and reading it back.
 
 Seeding 10,000 customers takes about 90 s, so the seeded data is kept and reused while its `seeded.json` marker
-shows the same parameters (the output says so); `--fresh` deletes it and seeds again. Every run then works on a
+shows the same parameters and the profile's fold version (the output says so); `--fresh` deletes it and seeds again. Every run then works on a
 fresh copy of it, so runs start from the same state and never accumulate each other's decisions and events:
 
 - SQLite: seeded into `<root>/sqlite-<customers>/seeded/`, copied to `<root>/sqlite-<customers>/run/`.
@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from libs.db import create_engine
 from libs.settings import CommonSettings, ServiceSettings
+from services.profile.domain.state import FOLD_VERSION
 
 DEFAULT_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 MARKER = "seeded.json"
@@ -136,7 +137,10 @@ async def prepare(root: Path, customers: int, seed: int, database_url: str | Non
     if database_url and await create_database(database_url, replace=fresh):
         marker.unlink(missing_ok=True)  # a new, empty database: whatever the marker says is not in it
     recorded = orjson.loads(marker.read_bytes()) if marker.exists() else None
-    if recorded and recorded.get("parameters") == {"customers": customers, "seed": seed}:
+    # Profiles folded by an older release would be rebuilt at the start of every run (each works on a fresh copy
+    # of the seeded data): seed again instead.
+    if (recorded and recorded.get("parameters") == {"customers": customers, "seed": seed}
+            and recorded.get("fold_version") == FOLD_VERSION):
         dataset.reused = True
         dataset.seeded_at = recorded.get("seeded_at", "")
         dataset.seed_seconds = float(recorded.get("summary", {}).get("timings", {}).get("total", 0.0))

@@ -53,6 +53,7 @@ from services.identity.settings import IdentitySettings
 from services.inventory.importer import import_stock_csv
 from services.inventory.settings import InventorySettings
 from services.profile.app import build as build_profile
+from services.profile.domain.state import FOLD_VERSION
 from services.profile.settings import ProfileSettings
 from services.scoring.settings import ScoringSettings
 
@@ -225,7 +226,7 @@ async def seed(
     report.timings["total"] = round(time.perf_counter() - progress.started, 2)
     _write_json(root / SHOWCASE, report.showcase)
     summary = {k: v for k, v in asdict(report).items() if k not in ("data_dir", "showcase", "skipped")}
-    _write_json(marker, {"parameters": parameters, "seeded_at": utcnow().isoformat(),
+    _write_json(marker, {"parameters": parameters, "fold_version": FOLD_VERSION, "seeded_at": utcnow().isoformat(),
                          "history_end": history_end.isoformat(), "summary": summary, "showcase": report.showcase})
     progress.say(f"seeded {root} in {report.timings['total']:.1f}s")
     return report

@@ -38,17 +38,20 @@ def _report_stopped(task: asyncio.Task) -> None:
                    exc_info=task.exception())
 
 
-async def _every(seconds: float, job: Callable[[], Awaitable[object]], what: str) -> None:
-    """Run `job` every `seconds` until cancelled; a database that is down is retried next interval."""
+async def _every(seconds: float, job: Callable[[], Awaitable[object]], what: str, at_start: bool = False) -> None:
+    """Run `job` every `seconds` (the first time at once when `at_start`) until cancelled; a database that is down
+    is retried next interval."""
     try:
-        while True:
+        if not at_start:
             await asyncio.sleep(seconds)
+        while True:
             try:
                 await job()
             except NextBestError as exc:
                 _log.warning("%s: %s; retrying in %.1f s", what, exc, seconds)
+            await asyncio.sleep(seconds)
     except Exception:
-        _log.exception("%s stopped: segment definitions or time-dependent memberships no longer move", what)
+        _log.exception("%s stopped: it no longer runs until the service restarts", what)
         raise
 
 
@@ -101,6 +104,14 @@ def build(settings: ProfileSettings) -> ServiceApp:
                 asyncio.create_task(
                     _every(settings.segment_sweep_seconds, service.sweep_segments, "segment sweep"),
                     name="profile-segment-sweep",
+                )
+            )
+        if settings.refold_outdated_seconds:
+            tasks.append(
+                asyncio.create_task(
+                    _every(settings.refold_outdated_seconds, follower.refold_outdated, "refold of outdated profiles",
+                           at_start=True),
+                    name="profile-refold-outdated",
                 )
             )
 

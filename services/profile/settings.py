@@ -62,6 +62,13 @@ class ProfileSettings(ServiceSettings):
         description="How often the time-dependent segments (e.g. days_since_last_purchase > 30) are re-evaluated "
         "for every customer, so that membership moves without an event; 0 turns the sweep off.",
     )
+    refold_outdated_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="How often the stored states are checked for ones folded by an older release (a trait's "
+        "arithmetic changed, or history a trait needs was not kept) and those are rebuilt from their events; the "
+        "first check runs at start-up, so an upgrade corrects every profile by itself. 0 turns it off.",
+    )
     segment_poll_seconds: float = Field(
         5.0,
         gt=0,

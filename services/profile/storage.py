@@ -1039,6 +1039,18 @@ class SqlProfileRepository:
             )
             return [(customer_id, state) for customer_id, state in rows]
 
+    async def fold_versions(self, after: str, limit: int) -> list[tuple[str, int]]:
+        # The version is read in the database: only ids and numbers come back, never the documents.
+        version = func.coalesce(profile_states.c.state["fold_version"].as_integer(), 0)
+        async with translate_errors("read fold versions"), self._reader.connect() as connection:
+            rows = await connection.execute(
+                select(profile_states.c.customer_id, version)
+                .where(profile_states.c.customer_id > after)
+                .order_by(profile_states.c.customer_id)
+                .limit(limit)
+            )
+            return [(customer_id, found) for customer_id, found in rows]
+
     async def customer_ids(self, after: str, limit: int) -> list[str]:
         async with translate_errors("list customers"), self._reader.connect() as connection:
             rows = await connection.scalars(

@@ -33,6 +33,7 @@ from services.identity.settings import IdentitySettings
 from services.inventory.app import build as build_inventory
 from services.inventory.settings import InventorySettings
 from services.profile.app import build as build_profile
+from services.profile.domain.state import FOLD_VERSION
 from services.profile.settings import ProfileSettings
 from services.scoring.app import build as build_scoring
 from services.scoring.settings import ScoringSettings
@@ -126,6 +127,7 @@ async def test_seed_loads_every_service_through_its_contract(backend, tmp_path, 
     # The marker makes the same run a no-op, and refuses other parameters without --force.
     marker = orjson.loads((tmp_path / MARKER).read_bytes())
     assert marker["parameters"] == {"customers": 200, "seed": 5}
+    assert marker["fold_version"] == FOLD_VERSION  # the bench seeds again when the profile's fold changes
     assert marker["summary"]["events_accepted"] == report.events_accepted
     lines.clear()
     again = await seed(customers=200, seed=5, data_dir=tmp_path, out=lines.append)

@@ -15,7 +15,9 @@ from libs.settings import CommonSettings
 from services.identity.app import build as build_identity
 from services.identity.settings import IdentitySettings
 from services.profile.app import build
+from services.profile.domain.state import FOLD_VERSION
 from services.profile.storage import profile_events, profile_states
+from tests.integration.polling import until
 from tests.integration.test_profile_service import ago, buy, event, ingest, settings_for
 
 pytestmark = pytest.mark.integration
@@ -194,3 +196,60 @@ async def test_refold_rebuilds_profiles_from_their_events_named_or_all_page_by_p
     assert "profiles rebuilt from their events: 2" in capsys.readouterr().out
     assert await run("refold", "c-1", "--all", "--target", target) == 1
     assert "INVALID_ARGUMENT: customer_ids: name the customers or set all" in capsys.readouterr().err
+
+
+async def older_release_state(app, customer_id: str) -> None:
+    """Store the customer's state as the release before fold versions did: no version, no refunds' days."""
+    async with app.parts["engine"].begin() as connection:
+        stored = await connection.scalar(
+            select(profile_states.c.state).where(profile_states.c.customer_id == customer_id))
+        assert stored.pop("fold_version") == FOLD_VERSION
+        stored.pop("deduction_times", None), stored.pop("deduction_amounts", None)
+        await connection.execute(
+            profile_states.update()
+            .where(profile_states.c.customer_id == customer_id)
+            .values(state=stored, version=profile_states.c.version + 1))  # as a save by that release would
+
+
+async def stored_state(app, customer_id: str) -> dict:
+    async with app.parts["engine"].connect() as connection:
+        return await connection.scalar(
+            select(profile_states.c.state).where(profile_states.c.customer_id == customer_id))
+
+
+async def test_an_upgrade_rebuilds_states_folded_by_an_older_release_by_itself(served, serve, database_url, tmp_path):
+    _, stub, app = served
+    await ingest(
+        stub,
+        event("u-1", when=ago(days=10), purchase=buy((1, 100.0, 100.0))),
+        event("u-2", when=ago(days=5), product_return=pb.ProductReturn(
+            order_id="o-1", lines=[pb.ReturnLine(sku="SKU-1", quantity=1, refund_amount=30.0)],
+            method=pb.RETURN_METHOD_MAIL)),
+        event("u-3", customer_id="c-2", when=ago(days=1), purchase=buy((1, 20.0, 20.0))),
+    )
+    untouched = await stored_state(app, "c-2")
+    await older_release_state(app, "c-1")
+    # An event folded onto the outdated state leaves it outdated (it still lacks the older refund's day).
+    await ingest(stub, event("u-4", when=ago(days=2), purchase=buy((1, 10.0, 10.0))))
+    assert (await stored_state(app, "c-1"))["fold_version"] == 0
+    outdated = (await stub.GetProfile(pb.GetProfileRequest(customer_id="c-1"), timeout=5)).profile
+    assert outdated.traits.net_spend_30d == 110.0  # the 30.0 refund is missing: what the rebuild corrects
+
+    lineage = app.parts["lineage"]
+    assert await lineage.refold_outdated() == 1  # c-2 is current: left alone
+    assert await lineage.refold_outdated() == 0
+    rebuilt = await stored_state(app, "c-1")
+    assert rebuilt["fold_version"] == FOLD_VERSION and rebuilt["deduction_amounts"] == [30.0]
+    assert await stored_state(app, "c-2") == untouched
+    after = (await stub.GetProfile(pb.GetProfileRequest(customer_id="c-1"), timeout=5)).profile
+    assert after.traits.net_spend_30d == 80.0 and after.traits.order_count == 2
+
+    # A replica (re)started on the same database checks at start-up, without being asked (identity is not
+    # needed for it: the target here answers nothing).
+    await older_release_state(app, "c-1")
+    await serve(build(settings_for(database_url, tmp_path, "127.0.0.1:1")))
+
+    async def rebuilt_again() -> bool:
+        return (await stored_state(app, "c-1")).get("fold_version") == FOLD_VERSION
+
+    await until(rebuilt_again)

@@ -45,9 +45,12 @@ class InMemoryTransaction:
         return set(new)
 
     async def lock_states(self, customer_ids: Sequence[str], now: datetime) -> dict[str, ProfileState]:
-        # A freshly decoded document per load, as the real column gives (the state takes ownership of it).
+        # A freshly decoded document per load, as the real column gives (the state takes ownership of it); a
+        # customer without one gets a new state, as the real lock creates.
         return {
-            cid: ProfileState.from_document(orjson.loads(orjson.dumps(self.repository.states.get(cid, {}))))
+            cid: ProfileState.from_document(orjson.loads(orjson.dumps(self.repository.states[cid])))
+            if cid in self.repository.states
+            else ProfileState()
             for cid in customer_ids
         }
 

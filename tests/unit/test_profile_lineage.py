@@ -11,7 +11,7 @@ import pytest
 from services.profile.domain import events as ev
 from services.profile.domain.events import AcceptedEvent, payload_from_document
 from services.profile.domain.lineage import fold
-from services.profile.domain.state import ProfileState
+from services.profile.domain.state import FOLD_VERSION, ProfileState
 
 NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
 
@@ -105,3 +105,16 @@ def test_fold_of_two_customers_events_combines_their_traits():
 
 def test_fold_of_nothing_is_the_empty_state():
     assert fold([], NOW) == ProfileState()
+
+
+def test_the_fold_version_marks_states_an_older_release_folded_and_outlives_later_events():
+    current = fold([buy("e-1", "c-1", 40.0, 10)], NOW)
+    assert current.fold_version == FOLD_VERSION
+    document = orjson.loads(orjson.dumps(current.to_document()))  # through JSON, as stored
+    assert ProfileState.from_document(document).fold_version == FOLD_VERSION
+    del document["fold_version"]  # as a release before fold versions stored it
+    older = ProfileState.from_document(document)
+    assert older.fold_version == 0
+    older.apply(buy("e-2", "c-1", 10.0, 1), NOW)  # a new event does not make the history complete
+    assert older.to_document()["fold_version"] == 0
+    assert fold([buy("e-1", "c-1", 40.0, 10), buy("e-2", "c-1", 10.0, 1)], NOW).fold_version == FOLD_VERSION

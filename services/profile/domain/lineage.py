@@ -34,7 +34,7 @@ from libs.errors import NextBestError
 from libs.lineage import LINEAGE_PAGE, LineageEntry, LineageKind, catch_up
 from services.profile.domain.events import AcceptedEvent
 from services.profile.domain.segments import SegmentRegistry
-from services.profile.domain.state import ProfileState
+from services.profile.domain.state import FOLD_VERSION, ProfileState
 
 _log = logging.getLogger(__name__)
 
@@ -113,9 +113,16 @@ class LineageRepository(Protocol):
         """The seq of the last journal entry applied (0: none)."""
         ...
 
+    async def fold_versions(self, after: str, limit: int) -> list[tuple[str, int]]:
+        """Up to `limit` customers with a stored state after `after`, in id order, each with the `FOLD_VERSION`
+        its state was folded with (0: stored before there were fold versions)."""
+        ...
+
 
 #: Customers rebuilt per transaction by `LineageFollower.refold` (their rows stay locked until it commits).
 REFOLD_CHUNK = 100
+#: Stored states whose fold version one statement of `refold_outdated` reads (ids and numbers only).
+FOLD_SCAN_PAGE = 1000
 
 
 def fold(events: Iterable[AcceptedEvent], now: datetime) -> ProfileState:
@@ -168,6 +175,22 @@ class LineageFollower:
                 changed, saved = await self._refold(tx, locked, roots, [], now)
                 tx.announce(changed)
             rebuilt += len(saved)
+        return rebuilt
+
+    async def refold_outdated(self) -> int:
+        """Rebuild every state an older release folded (a lower `FOLD_VERSION`, e.g. one stored before the net spend
+        windows kept the refunds' days), so an upgrade corrects every profile without an operator's refold. Scans
+        the states in id order, FOLD_SCAN_PAGE at a time without locks, and refolds the outdated ones as `refold`
+        does (under their row locks). A state an older replica saves again during a rolling upgrade is outdated
+        again, and the next run rebuilds it. Returns how many profiles were rebuilt."""
+        rebuilt, after = 0, ""
+        while page := await self._repository.fold_versions(after, FOLD_SCAN_PAGE):
+            after = page[-1][0]
+            outdated = [customer_id for customer_id, version in page if version < FOLD_VERSION]
+            if outdated:
+                rebuilt += await self.refold(outdated)
+        if rebuilt:
+            _log.info("rebuilt %d profiles folded by an older release (fold version < %d)", rebuilt, FOLD_VERSION)
         return rebuilt
 
     async def catch_up(self) -> int:

@@ -58,6 +58,10 @@ from services.profile.domain.events import (
     StoreVisit,
 )
 
+#: The fold's own version: bump it when a release changes a trait's arithmetic or starts keeping history a trait
+#: needs. A state folded by an older release (stored without it, or with a lower one) counts only the events since,
+#: so the profile service rebuilds it from its events in the background (`LineageFollower.refold_outdated`).
+FOLD_VERSION = 1
 RECENT_RETURNS_WINDOW = timedelta(days=30)
 #: Returned SKUs are kept this long (a reader such as the decision narrows it with its own window) ...
 RETURNED_ITEMS_WINDOW = timedelta(days=90)
@@ -307,6 +311,9 @@ class ProfileState:
     model_traits: dict[str, ModelTrait] = field(default_factory=dict)
     # segment name -> since when a member (maintained by the service's segment evaluation, not by `apply`)
     segments: dict[str, datetime] = field(default_factory=dict)
+    #: The FOLD_VERSION of the release that folded the state from its first event (kept by `apply`: folding a new
+    #: event onto an outdated state leaves it outdated).
+    fold_version: int = FOLD_VERSION
 
     # ------------------------------------------------------------------ folding
 
@@ -606,6 +613,7 @@ class ProfileState:
         """The state as a document for the JSON column; datetimes are left to the serializer (orjson writes them
         as RFC 3339 in C, several times faster than `isoformat` per list entry on the ingest path)."""
         document = {
+            "fold_version": self.fold_version,
             "first_seen_at": (self.first_seen_at),
             "total_spend": self.total_spend,
             "order_count": self.order_count,
@@ -692,6 +700,7 @@ class ProfileState:
         model_traits = get("model_traits")
         returned_items = get("returned_items")
         return cls(
+            fold_version=get("fold_version", 0),  # stored before fold versions: outdated
             first_seen_at=_time(get("first_seen_at")),
             total_spend=get("total_spend", 0.0),
             order_count=get("order_count", 0),
