@@ -14,7 +14,7 @@ from nextbest.identity.v1 import identity_service_pb2 as ipb
 from nextbest.identity.v1 import identity_service_pb2_grpc as ipb_grpc
 from nextbest.profile.v1 import profile_service_pb2 as pb
 from nextbest.profile.v1 import profile_service_pb2_grpc as pb_grpc
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from libs.protoconv import from_timestamp, to_duration, to_timestamp
 from libs.settings import CommonSettings
@@ -178,6 +178,30 @@ async def test_ingested_events_build_the_profile_and_the_features(profile):
     )
     assert len(lean.profile.recent_activity) == 0 and lean.profile.traits == got.traits
     assert dict(lean.features) == dict(reply.features)
+
+
+@pytest.mark.parametrize("database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+async def test_states_are_compressed_with_lz4_on_postgresql(profile):
+    stub, app = profile
+    # The cart's log keeps its last changes: enough of them take the state past the 2 KB TOAST threshold, as most
+    # real states are, and ingest rewrites them all the time (migration 0005).
+    changes = [
+        event(f"cart-{n}", when=ago(minutes=n), cart_change=pb.CartChange(
+            action=pb.CART_ACTION_ADD, sku=f"SKU-{n}", quantity=1, unit_price=10.0 + n))
+        for n in range(1, 101)
+    ]
+    for start in range(0, len(changes), 50):
+        await ingest(stub, *changes[start : start + 50])
+    async with app.parts["engine"].connect() as connection:
+        setting = await connection.scalar(text(
+            "SELECT attcompression FROM pg_attribute WHERE attrelid = 'profile_states'::regclass AND attname = 'state'"
+        ))
+        stored = await connection.scalar(text(
+            "SELECT pg_column_compression(state) FROM profile_states WHERE customer_id = 'c-1'"
+        ))
+    assert (setting, stored) == (b"l", "lz4")
+    profile = (await stub.GetProfile(pb.GetProfileRequest(customer_id="c-1"), timeout=5)).profile
+    assert (profile.traits.cart[0].sku, profile.traits.cart[0].unit_price) == ("SKU-100", 110.0)  # decompressed
 
 
 async def test_malformed_events_are_rejected_by_index_and_field_and_the_rest_applied(profile):
