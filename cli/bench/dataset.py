@@ -209,6 +209,30 @@ def _seed_main(env: dict[str, str], customers: int, seed: int, force: bool, impr
         sys.exit(1)
 
 
+#: Server settings that change what a run measures, recorded with it (`autovacuum` off, e.g., lets the profile's
+#: constantly rewritten states bloat their table during the run, which a production server would vacuum).
+POSTGRES_SETTINGS = ("autovacuum", "synchronous_commit", "shared_buffers", "max_connections",
+                     "default_toast_compression", "jit")
+_SETTINGS = text("SELECT name, setting, unit FROM pg_settings WHERE name = ANY(:names) ORDER BY name")
+
+
+async def postgres_settings(url: str) -> dict[str, str]:
+    """The server's version and POSTGRES_SETTINGS, read through `url` (sizes counted in 8 kB pages as MB)."""
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.connect() as connection:
+            rows = await connection.execute(_SETTINGS, {"names": list(POSTGRES_SETTINGS)})
+            found = {
+                name: f"{int(setting) * 8 // 1024}MB" if unit == "8kB" else setting + (unit or "")
+                for name, setting, unit in rows
+            }
+            found["server_version"] = await connection.scalar(text("SHOW server_version"))
+        return found
+    finally:
+        await engine.dispose()
+
+
+
 async def count_bench_events(profile_url: str, run_id: str, failed_batches: Sequence[int]) -> dict[str, int]:
     """How many of this run's ingested events the profile database holds (rows and distinct ids), and how many
     of those belong to batches the generator got no answer for."""

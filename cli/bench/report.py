@@ -5,7 +5,8 @@ JSON (`schema: "nextbest-bench/1"`), top level:
 - `run`: run_id, mode, started_at, finished_at, seconds, machine (cpus, python, platform)
 - `config`: every knob of the run (rates, steps, durations, mix, budgets, ingest rate, ports, ...)
 - `dataset`: backend, customers, seed, seeded_dir, run_dir (the run's fresh copy), database (the run's,
-  password hidden), reused, seed_seconds, seeded_at, copy_seconds
+  password hidden), reused, seed_seconds, seeded_at, copy_seconds, postgres_settings (server version and the
+  settings that change what is measured, e.g. autovacuum; None on SQLite)
 - `method`: how latency, percentiles, throughput and the maximum sustainable rate are defined
 - `phases`: list of phase records — target ("mesh"|"baseline"), shape ("open"|"closed"), offered_rate or
   concurrency, duration_s, sent, `decisions` and `channels.<web|pos|call_center|outcome>` summaries (count, ok,
@@ -283,6 +284,12 @@ def render(doc: dict) -> str:
     lines.append(f"NextBest bench — {run['mode']}, {ds['backend']}, {ds['customers']:,} customers "
                  f"({'reused' if ds['reused'] else 'freshly seeded'} data), run {run['run_id']}, "
                  f"{run['seconds']:.0f} s")
+    if settings := ds.get("postgres_settings"):
+        shown = ", ".join(f"{name} {settings[name]}" for name in ("autovacuum", "synchronous_commit", "shared_buffers")
+                          if name in settings)
+        note = ("; autovacuum is off here, so rewritten rows bloat their tables during the run as a production "
+                "server would not let them" if settings.get("autovacuum") == "off" else "")
+        lines.append(f"PostgreSQL {settings.get('server_version', '?')}: {shown}{note}")
     lines.append("latency ms (open loop: from the scheduled send); nearest-rank percentiles; ratios mesh/baseline")
     phases = doc["phases"]
     for shape, title, field in (("open", "OPEN LOOP", "offered_rate"), ("closed", "CLOSED LOOP", "concurrency")):

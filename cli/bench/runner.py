@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 import orjson
 
 from .config import BenchConfig
-from .dataset import Dataset, bench_database_url, count_bench_events, prepare
+from .dataset import Dataset, bench_database_url, count_bench_events, postgres_settings, prepare
 from .driver import GENERATOR_NICE, DriverProcess, IngestStats, Phase, PhaseResult, decision_main, ingest_main
 from .faults import analyse, inject
 from .launcher import Baseline, Mesh, busy_ports, mesh_env, ports_from
@@ -63,6 +63,7 @@ class _Run:
         self.ingest_stats: list[IngestStats] = []
         self.faults: dict | None = None
         self.verification: dict | None = None
+        self.postgres_settings: dict[str, str] | None = None
 
     def say(self, message: str) -> None:
         self.out(f"[bench] {message}")
@@ -77,6 +78,8 @@ class _Run:
         database_url = bench_database_url(config.customers, config.postgres, os.environ)
         self.dataset = await prepare(config.data_root, config.customers, config.seed, database_url, config.fresh,
                                      self.say, config.train_impressions)
+        if self.dataset.backend == "postgresql":
+            self.postgres_settings = await postgres_settings(self.dataset.run_url)
         customers = await load_customers(self.dataset.service_url("identity"))
         skus = load_skus(self.dataset.run_dir / "catalogue")
         plan = plan_requests(customers, skus, config.planned_requests, config.seed, config.mix)
@@ -245,6 +248,7 @@ class _Run:
                 "database": self.dataset.redacted_url, "reused": self.dataset.reused,
                 "seed_seconds": self.dataset.seed_seconds, "seeded_at": self.dataset.seeded_at,
                 "copy_seconds": self.dataset.copy_seconds,
+                "postgres_settings": self.postgres_settings,
             },
             "method": METHOD,
             "phases": self.phases,

@@ -162,6 +162,17 @@ def test_render_prints_tables_and_every_target(tmp_path):
     assert text.count("\n  PASS") + text.count("\n  FAIL") + text.count("\n  n/a") == len(doc["targets"])
 
 
+def test_render_names_the_postgresql_settings_and_warns_when_autovacuum_is_off():
+    doc = _document(_phases())
+    doc["dataset"]["postgres_settings"] = {"server_version": "15.20", "autovacuum": "off",
+                                           "synchronous_commit": "on", "shared_buffers": "128MB"}
+    header = render(doc).splitlines()[1]
+    assert header.startswith("PostgreSQL 15.20: autovacuum off, synchronous_commit on, shared_buffers 128MB")
+    assert "autovacuum is off here" in header
+    doc["dataset"]["postgres_settings"]["autovacuum"] = "on"
+    assert "autovacuum is off here" not in render(doc)
+
+
 def test_the_chart_is_written(tmp_path):
     path = tmp_path / "chart.png"
     draw_chart(_document(_phases()), path)
