@@ -87,7 +87,8 @@ ROLES: dict[Role, RolePolicy] = {
         frozenset(v for v in common_pb2.Channel.values() if v != common_pb2.CHANNEL_UNSPECIFIED),
     ),
     # Exactly the calls the mesh makes between services: decision → identity, profile, scoring, inventory;
-    # profile → identity (Resolve, and following the lineage journal, as the decision does too).
+    # profile → identity (Resolve, its change feed for the resolution cache, and following the lineage journal, as
+    # the decision does too).
     "service": RolePolicy(
         frozenset({
             "identity.resolve", "consent.read", "changes.watch", "lineage.read", "profiles.read", "features.read",

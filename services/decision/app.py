@@ -14,10 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.cancellation import stop_task
 from libs.clients import peer_credentials
+from libs.customer_cache import ChangeSubscription
 from libs.db import create_engine, migrate
 from libs.metrics import meter
 from libs.server import Registration, ServiceApp
-from services.decision.cache import ChangeSubscription
 from services.decision.catalogue import CatalogueError, load_catalogue
 from services.decision.catalogue_watch import CatalogueWatcher, signature
 from services.decision.domain.arbitration import ArbitrationPolicy

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 from opentelemetry.metrics import CallbackOptions, Meter, NoOpMeter, Observation
 
-from services.decision.cache import CustomerCache
+from libs.customer_cache import CustomerCache
 from services.decision.domain.model import Decision
 
 

@@ -22,11 +22,11 @@ from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
 from libs.clients import Budget
+from libs.customer_cache import CustomerCache
 from libs.db import as_utc
 from libs.errors import FailedPrecondition, InvalidArgument, NextBestError, NotFound, ResourceExhausted
 from libs.protoconv import utcnow
 from libs.telemetry import tracer
-from services.decision.cache import CustomerCache
 from services.decision.catalogue import BudgetCap, Catalogue
 from services.decision.domain import contact
 from services.decision.domain.agent import avoid_lines, call_removals

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from services.decision.cache import CustomerCache
+from libs.customer_cache import CustomerCache
 from services.decision.domain.model import StockLevel
 from services.decision.gateways import InventoryGateway
 

@@ -71,7 +71,10 @@ def build(settings: ProfileSettings) -> ServiceApp:
         ingest_lanes=settings.ingest_lanes if engine.dialect.name == "postgresql" else 1,
     )
     identity = IdentityClient(
-        settings.identity_target, settings.identity_timeout_seconds, credentials=peer_credentials(settings.common)
+        settings.identity_target,
+        settings.identity_timeout_seconds,
+        credentials=peer_credentials(settings.common),
+        cached_resolutions=settings.resolution_cache_max_entries,
     )
     follower = LineageFollower(repository, identity, service.segments, utcnow, settings.lineage_poll_seconds)
     tasks: list[asyncio.Task] = []

@@ -28,6 +28,13 @@ class ProfileSettings(ServiceSettings):
     identity_timeout_seconds: float = Field(
         1.0, gt=0, description="Deadline of one Resolve call to the identity service (capped by the caller's)."
     )
+    resolution_cache_max_entries: int = Field(
+        20_000,
+        ge=0,
+        description="Identifier sets whose customer is kept in memory, so events that carry identifiers resolve "
+        "without a call to identity; kept exact by identity's change feed (a merge, unmerge, link or erasure drops "
+        "the customer's entries) and bypassed while that feed is down. 0 turns the cache off.",
+    )
     recent_activity: int = Field(20, ge=0, le=1000, description="How many recent events GetProfile returns.")
     ingest_lanes: int = Field(
         1,

@@ -24,6 +24,7 @@ from services.profile.app import build
 from services.profile.domain import FEATURE_NAMES
 from services.profile.settings import ProfileSettings
 from services.profile.storage import profile_events, profile_states
+from tests.integration.polling import until
 
 pytestmark = pytest.mark.integration
 
@@ -335,6 +336,45 @@ async def test_identifiers_are_resolved_through_the_identity_service(profile, id
     got = (await stub.GetProfile(pb.GetProfileRequest(customer_id=resolved.customer_id), timeout=5)).profile
     assert got.traits.order_count == 1
     assert [a.event_id for a in got.recent_activity] == ["web-2", "web-1"]
+
+
+def by_email(event_id: str, email: str) -> pb.Event:
+    message = event(event_id, customer_id="", page_view=pb.PageView(page="home"))
+    message.identifiers.append(common.Identifier(type=EMAIL, value=email))
+    return message
+
+
+async def stored_customer(app, event_id: str) -> str:
+    async with app.parts["engine"].connect() as connection:
+        return await connection.scalar(select(profile_events.c.customer_id).where(profile_events.c.event_id == event_id))
+
+
+async def test_resolutions_are_cached_until_identity_changes_the_customer(profile, identity_target):
+    stub, app = profile
+    resolutions = app.parts["identity"].resolutions
+    await until(lambda: resolutions.live)  # identity's change feed is subscribed
+    await ingest(stub, by_email("ann-1", "ann@example.com"))
+    await ingest(stub, by_email("ann-2", "ann@example.com"))
+    assert (resolutions.stats.misses, resolutions.stats.hits) == (1, 1)  # one Resolve for both batches
+    ann = await stored_customer(app, "ann-2")
+
+    async with grpc.aio.insecure_channel(identity_target) as channel:
+        identity = ipb_grpc.IdentityServiceStub(channel)
+        bob = (await identity.Resolve(ipb.ResolveRequest(
+            identifiers=[common.Identifier(type=EMAIL, value="bob@example.com")], create_if_missing=True), timeout=5
+        )).customer_id
+        steward = {"reason": "same person", "actor": "steward-1"}
+        await identity.Merge(ipb.MergeRequest(survivor_customer_id=bob, merged_customer_id=ann, **steward), timeout=5)
+        await until(lambda: len(resolutions) == 0)  # the merge dropped Ann's entry
+        await ingest(stub, by_email("ann-3", "ann@example.com"))
+        assert await stored_customer(app, "ann-3") == bob  # resolved afresh: her e-mail is Bob's now
+
+        await identity.Forget(ipb.ForgetRequest(customer_id=bob, **steward), timeout=5)
+        await until(lambda: len(resolutions) == 0)
+    # A stale entry would name the erased customer, whose events are refused; afresh, the e-mail is a newcomer.
+    answer = await ingest(stub, by_email("ann-4", "ann@example.com"))
+    assert (answer.accepted, list(answer.rejected)) == (1, [])
+    assert await stored_customer(app, "ann-4") not in (ann, bob)
 
 
 async def test_identity_down_fails_the_call_with_unavailable_and_applies_nothing(serve, database_url, tmp_path):

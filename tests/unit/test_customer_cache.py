@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from libs.changefeed import ChangeFeed
-from services.decision.cache import CustomerCache
+from libs.customer_cache import CustomerCache
 
 
 class Clock:

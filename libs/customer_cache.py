@@ -1,6 +1,7 @@
-"""Read-through caches of what the decision reads about a customer, kept exact by the owners' change feeds.
+"""Read-through caches of what a service reads about customers from another service, kept exact by the owner's
+change feed (the decision's resolutions, consent, profiles and stock; the profile's resolutions of identifiers).
 
-Identity and profile each stream the ids of customers they changed (`WatchChanges`, right after each commit). A
+Identity, profile and inventory each stream the ids they changed (`WatchChanges`, right after each commit). A
 `CustomerCache` serves entries only while its feed's stream is live, drops a customer's entries when that customer
 changes, and never stores a value whose fetch raced a change to the same customer (the value may predate it). When
 the stream breaks, the cache empties and is bypassed until a new stream says "subscribed". So a cached answer is
@@ -27,7 +28,7 @@ import grpc
 
 from libs.cancellation import stop_task
 
-log = logging.getLogger("nextbest.decision.cache")
+log = logging.getLogger("nextbest.customer_cache")
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
