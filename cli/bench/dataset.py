@@ -232,7 +232,6 @@ async def postgres_settings(url: str) -> dict[str, str]:
         await engine.dispose()
 
 
-
 async def count_bench_events(profile_url: str, run_id: str, failed_batches: Sequence[int]) -> dict[str, int]:
     """How many of this run's ingested events the profile database holds (rows and distinct ids), and how many
     of those belong to batches the generator got no answer for."""

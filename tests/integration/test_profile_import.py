@@ -162,42 +162,6 @@ async def test_segments_history_lists_every_version_and_rollback_puts_an_earlier
     assert "NOT_FOUND: segment 'nobody' was never put" in capsys.readouterr().err
 
 
-async def test_refold_rebuilds_profiles_from_their_events_named_or_all_page_by_page(served, capsys):
-    target, stub, app = served
-    await ingest(
-        stub,
-        event("r-1", when=ago(days=10), purchase=buy((1, 100.0, 100.0))),
-        event("r-2", when=ago(days=5), product_return=pb.ProductReturn(
-            order_id="o-1", lines=[pb.ReturnLine(sku="SKU-1", quantity=1, refund_amount=30.0)],
-            method=pb.RETURN_METHOD_MAIL)),
-        event("r-3", customer_id="c-2", when=ago(days=1), purchase=buy((1, 20.0, 20.0))),
-    )
-    await stub.PutSegment(pb.PutSegmentRequest(segment=pb.Segment(name="buyers", expression="order_count >= 1")),
-                          timeout=5)
-    before = (await stub.GetProfile(pb.GetProfileRequest(customer_id="c-1"), timeout=5)).profile
-    # A state stored by a release that did not keep the refunds' days: what a refold is for.
-    async with app.parts["engine"].begin() as connection:
-        stored = await connection.scalar(select(profile_states.c.state).where(profile_states.c.customer_id == "c-1"))
-        assert stored.pop("deduction_times") and stored.pop("deduction_amounts")
-        await connection.execute(
-            profile_states.update().where(profile_states.c.customer_id == "c-1").values(state=stored))
-
-    assert await run("refold", "c-1", "c-nobody", "--target", target) == 0
-    assert "profiles rebuilt from their events: 1" in capsys.readouterr().out  # c-nobody: none before, none after
-    async with app.parts["engine"].connect() as connection:
-        rebuilt = await connection.scalar(select(profile_states.c.state).where(profile_states.c.customer_id == "c-1"))
-        ids = set(await connection.scalars(select(profile_states.c.customer_id)))
-    assert rebuilt["deduction_amounts"] == [30.0] and ids == {"c-1", "c-2"}
-    after = (await stub.GetProfile(pb.GetProfileRequest(customer_id="c-1"), timeout=5)).profile
-    assert after.traits.net_spend_30d == 70.0 and after.traits.total_spend == before.traits.total_spend
-    assert list(after.segments) == list(before.segments)  # a membership that still holds keeps its "since"
-
-    assert await run("refold", "--all", "--page-size", "1", "--target", target) == 0
-    assert "profiles rebuilt from their events: 2" in capsys.readouterr().out
-    assert await run("refold", "c-1", "--all", "--target", target) == 1
-    assert "INVALID_ARGUMENT: customer_ids: name the customers or set all" in capsys.readouterr().err
-
-
 async def older_release_state(app, customer_id: str) -> None:
     """Store the customer's state as the release before fold versions did: no version, no refunds' days."""
     async with app.parts["engine"].begin() as connection:
@@ -217,16 +181,45 @@ async def stored_state(app, customer_id: str) -> dict:
             select(profile_states.c.state).where(profile_states.c.customer_id == customer_id))
 
 
-async def test_an_upgrade_rebuilds_states_folded_by_an_older_release_by_itself(served, serve, database_url, tmp_path):
-    _, stub, app = served
+async def ingest_with_a_refund(stub, prefix: str) -> None:
+    """c-1 buys for 100.0 and gets 30.0 back five days later; c-2 buys for 20.0."""
     await ingest(
         stub,
-        event("u-1", when=ago(days=10), purchase=buy((1, 100.0, 100.0))),
-        event("u-2", when=ago(days=5), product_return=pb.ProductReturn(
+        event(f"{prefix}-1", when=ago(days=10), purchase=buy((1, 100.0, 100.0))),
+        event(f"{prefix}-2", when=ago(days=5), product_return=pb.ProductReturn(
             order_id="o-1", lines=[pb.ReturnLine(sku="SKU-1", quantity=1, refund_amount=30.0)],
             method=pb.RETURN_METHOD_MAIL)),
-        event("u-3", customer_id="c-2", when=ago(days=1), purchase=buy((1, 20.0, 20.0))),
+        event(f"{prefix}-3", customer_id="c-2", when=ago(days=1), purchase=buy((1, 20.0, 20.0))),
     )
+
+
+async def test_refold_rebuilds_profiles_from_their_events_named_or_all_page_by_page(served, capsys):
+    target, stub, app = served
+    await ingest_with_a_refund(stub, "r")
+    await stub.PutSegment(pb.PutSegmentRequest(segment=pb.Segment(name="buyers", expression="order_count >= 1")),
+                          timeout=5)
+    before = (await stub.GetProfile(pb.GetProfileRequest(customer_id="c-1"), timeout=5)).profile
+    await older_release_state(app, "c-1")  # what a refold is for
+
+    assert await run("refold", "c-1", "c-nobody", "--target", target) == 0
+    assert "profiles rebuilt from their events: 1" in capsys.readouterr().out  # c-nobody: none before, none after
+    async with app.parts["engine"].connect() as connection:
+        rebuilt = await connection.scalar(select(profile_states.c.state).where(profile_states.c.customer_id == "c-1"))
+        ids = set(await connection.scalars(select(profile_states.c.customer_id)))
+    assert rebuilt["deduction_amounts"] == [30.0] and ids == {"c-1", "c-2"}
+    after = (await stub.GetProfile(pb.GetProfileRequest(customer_id="c-1"), timeout=5)).profile
+    assert after.traits.net_spend_30d == 70.0 and after.traits.total_spend == before.traits.total_spend
+    assert list(after.segments) == list(before.segments)  # a membership that still holds keeps its "since"
+
+    assert await run("refold", "--all", "--page-size", "1", "--target", target) == 0
+    assert "profiles rebuilt from their events: 2" in capsys.readouterr().out
+    assert await run("refold", "c-1", "--all", "--target", target) == 1
+    assert "INVALID_ARGUMENT: customer_ids: name the customers or set all" in capsys.readouterr().err
+
+
+async def test_an_upgrade_rebuilds_states_folded_by_an_older_release_by_itself(served, serve, database_url, tmp_path):
+    _, stub, app = served
+    await ingest_with_a_refund(stub, "u")
     untouched = await stored_state(app, "c-2")
     await older_release_state(app, "c-1")
     # An event folded onto the outdated state leaves it outdated (it still lacks the older refund's day).
