@@ -4,8 +4,9 @@ Trains a model of realistic size (40 features, 200 trees of depth 5: batch_bench
 folder and starts the real scoring service on port 0 (SQLite registry) in a child process. The child records metrics
 in memory: the service's own `nextbest.rpc.server.duration` histogram (libs/metrics.py RpcMetricsInterceptor, the
 same instrument production exports), with 50 µs buckets up to 10 ms instead of the exported coarse ones. The parent
-drives `Score` (one customer, 30 customer features, --candidates offers with 10 offer features each) open loop at
-each fixed rate for --seconds, then reads the histogram's Score/OK counts for that phase from the child and reports
+drives `Score` (one customer, 30 customer features, --candidates offers with 10 offer features each: as one packed
+column block, what the decision sends, or with `--form map` as a map per candidate) open loop at each fixed rate
+for --seconds, then reads the histogram's Score/OK counts for that phase from the child and reports
 p50/p90/p99/p99.9 by interpolation inside the 50 µs bucket.
 
 Server-side means the handler's time as the interceptor sees it: validation, matrix assembly, the model call and
@@ -81,26 +82,30 @@ async def _serve(port_file: Path) -> None:
 # --------------------------------------------------------------------------------------------------- the parent
 
 
-def _requests(names: list[str], candidates: int, count: int) -> list:
+def _requests(names: list[str], candidates: int, count: int, form: str) -> list:
+    """`count` requests; the offer features as one packed block (`offer_columns` + row-major `offer_values`) or,
+    with `form` "map", as a map per candidate."""
     from nextbest.scoring.v1 import scoring_service_pb2 as pb
 
     rng = np.random.default_rng(1)
     customer, offer = names[:CUSTOMER_FEATURES], names[CUSTOMER_FEATURES:]
     out = []
     for i in range(count):
-        out.append(
-            pb.ScoreRequest(
-                customer_id=f"c-{i}",
-                customer_features=dict(zip(customer, rng.normal(size=len(customer)).tolist(), strict=True)),
-                candidates=[
-                    pb.Candidate(
-                        offer_id=f"o-{j}",
-                        offer_features=dict(zip(offer, rng.normal(size=len(offer)).tolist(), strict=True)),
-                    )
-                    for j in range(candidates)
-                ],
-            )
+        values = rng.normal(size=(candidates, len(offer)))
+        request = pb.ScoreRequest(
+            customer_id=f"c-{i}",
+            customer_features=dict(zip(customer, rng.normal(size=len(customer)).tolist(), strict=True)),
         )
+        if form == "map":
+            request.candidates.extend(
+                pb.Candidate(offer_id=f"o-{j}", offer_features=dict(zip(offer, row.tolist(), strict=True)))
+                for j, row in enumerate(values)
+            )
+        else:
+            request.candidates.extend(pb.Candidate(offer_id=f"o-{j}") for j in range(candidates))
+            request.offer_columns.extend(offer)
+            request.offer_values.extend(values.ravel().tolist())
+        out.append(request)
     return out
 
 
@@ -192,6 +197,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each phase (default 20)")
     parser.add_argument("--candidates", type=int, default=20, help="offers per Score call (default 20)")
     parser.add_argument("--features", type=int, default=40, help="model features (30 customer + the rest offer)")
+    parser.add_argument("--form", choices=("block", "map"), default="block",
+                        help="offer features as one packed column block (default, as Decide sends them) or a map "
+                        "per candidate")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)  # the child process: write the port here
     args = parser.parse_args()
     if args.serve is not None:
@@ -225,7 +233,7 @@ def main() -> int:
                     print("the scoring service did not start", file=sys.stderr)
                     return 1
                 time.sleep(0.1)
-            requests = _requests(names, args.candidates, 256)
+            requests = _requests(names, args.candidates, 256, args.form)
             results = asyncio.run(_drive(int(port_file.read_text()), _Child(process), requests, rates, args.seconds))
         finally:
             process.stdin.close()
@@ -235,7 +243,8 @@ def main() -> int:
                 process.terminate()
                 process.wait(timeout=10)
     print(
-        f"Score, {args.candidates} candidates x {args.features} features, open loop, {args.seconds:g} s per rate; "
+        f"Score, {args.candidates} candidates x {args.features} features (offer features as a {args.form}), open "
+        f"loop, {args.seconds:g} s per rate; "
         "server-side = the service's nextbest.rpc.server.duration (handler time), in ms"
     )
     print(
