@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
@@ -181,14 +182,18 @@ class LineageFollower:
         """Rebuild every state an older release folded (a lower `FOLD_VERSION`, e.g. one stored before the net spend
         windows kept the refunds' days), so an upgrade corrects every profile without an operator's refold. Scans
         the states in id order, FOLD_SCAN_PAGE at a time without locks, and refolds the outdated ones as `refold`
-        does (under their row locks). A state an older replica saves again during a rolling upgrade is outdated
+        does (under their row locks), resting after each page as long as it took. A state an older replica saves again during a rolling upgrade is outdated
         again, and the next run rebuilds it. Returns how many profiles were rebuilt."""
         rebuilt, after = 0, ""
         while page := await self._repository.fold_versions(after, FOLD_SCAN_PAGE):
             after = page[-1][0]
             outdated = [customer_id for customer_id, version in page if version < FOLD_VERSION]
             if outdated:
+                started = time.monotonic()
                 rebuilt += await self.refold(outdated)
+                # After an upgrade every state may be outdated: rest as long as the page took, so serving and
+                # ingest keep at least half of this process (and the locks) while the rebuild runs.
+                await asyncio.sleep(time.monotonic() - started)
         if rebuilt:
             _log.info("rebuilt %d profiles folded by an older release (fold version < %d)", rebuilt, FOLD_VERSION)
         return rebuilt
