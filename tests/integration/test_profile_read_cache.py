@@ -24,7 +24,7 @@ from services.identity.settings import IdentitySettings
 from services.profile.app import build
 from services.profile.storage import ReadCache
 from tests.integration.polling import until
-from tests.integration.test_profile_service import ago, buy, event, ingest, settings_for
+from tests.integration.test_profile_service import ago, buy, event, ingest, postgres_only, settings_for
 
 pytestmark = pytest.mark.integration
 
@@ -38,9 +38,7 @@ async def identity_target(serve, database_url, tmp_path) -> str:
     server, _ = await serve(build_identity(settings))
     return f"127.0.0.1:{server.port}"
 
-
-#: Several replicas share changes by LISTEN/NOTIFY on PostgreSQL only (SQLite has one writing process).
-postgres_only = pytest.mark.parametrize("database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+# postgres_only: several replicas share changes by LISTEN/NOTIFY on PostgreSQL only (one writing process on SQLite).
 
 
 @pytest.fixture

@@ -27,6 +27,8 @@ from services.profile.storage import profile_events, profile_states
 from tests.integration.polling import until
 
 pytestmark = pytest.mark.integration
+#: For tests of what only PostgreSQL has (LISTEN/NOTIFY between replicas, lz4 compression).
+postgres_only = pytest.mark.parametrize("database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
 
 EMAIL = common.IDENTIFIER_TYPE_EMAIL
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -181,7 +183,7 @@ async def test_ingested_events_build_the_profile_and_the_features(profile):
     assert dict(lean.features) == dict(reply.features)
 
 
-@pytest.mark.parametrize("database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+@postgres_only
 async def test_states_are_compressed_with_lz4_on_postgresql(profile):
     stub, app = profile
     # The cart's log keeps its last changes: enough of them take the state past the 2 KB TOAST threshold, as most
