@@ -27,7 +27,7 @@ from services.profile.storage import profile_events, profile_states
 from tests.integration.polling import until
 
 pytestmark = pytest.mark.integration
-#: For tests of what only PostgreSQL has (LISTEN/NOTIFY between replicas, lz4 compression).
+#: For tests of what only PostgreSQL has (LISTEN/NOTIFY between replicas, lz4 compression, fillfactor).
 postgres_only = pytest.mark.parametrize("database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
 
 EMAIL = common.IDENTIFIER_TYPE_EMAIL
@@ -206,6 +206,20 @@ async def test_states_are_compressed_with_lz4_on_postgresql(profile):
     profile = (await stub.GetProfile(pb.GetProfileRequest(customer_id="c-1"), timeout=5)).profile
     assert (profile.traits.cart[0].sku, profile.traits.cart[0].unit_price) == ("SKU-100", 110.0)  # decompressed
 
+
+
+@postgres_only
+async def test_state_pages_keep_room_for_rewrites_on_postgresql(profile):
+    # Ingest rewrites a state in every batch that folds one of its events: with room on the page the new version
+    # is a heap-only update, pruned on the page without vacuum (migration 0006).
+    stub, app = profile
+    for n in range(1, 4):
+        await ingest(stub, event(f"view-{n}", when=ago(minutes=n), product_view=pb.ProductView(sku=f"SKU-{n}")))
+    async with app.parts["engine"].connect() as connection:
+        options = await connection.scalar(text("SELECT reloptions FROM pg_class WHERE oid = 'profile_states'::regclass"))
+    assert options == ["fillfactor=70"]
+    profile = (await stub.GetProfile(pb.GetProfileRequest(customer_id="c-1"), timeout=5)).profile
+    assert [view.sku for view in profile.traits.last_viewed] == ["SKU-1", "SKU-2", "SKU-3"]
 
 async def test_malformed_events_are_rejected_by_index_and_field_and_the_rest_applied(profile):
     stub, app = profile
