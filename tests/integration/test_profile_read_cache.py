@@ -43,11 +43,15 @@ async def identity_target(serve, database_url, tmp_path) -> str:
 
 @pytest.fixture
 def replica(serve, database_url, tmp_path, identity_target):
-    """Starts a profile replica on the test database: (stub, app, its port)."""
+    """Starts a profile replica on the test database (listening, on PostgreSQL): (stub, app, its port)."""
 
     async def start(**overrides) -> tuple[pb_grpc.ProfileServiceStub, ServiceApp, int]:
         app = build(settings_for(database_url, tmp_path, identity_target, recent_activity=5, **overrides))
         server, channel = await serve(app)
+        # On PostgreSQL, until its LISTEN session is up a replica serves from the database and keeps nothing (by
+        # design): a test that counts cache hits right away would race it on a slow machine.
+        if (relay := app.parts["repository"].relay) is not None:
+            await until(lambda: relay.session is not None, seconds=10)
         return pb_grpc.ProfileServiceStub(channel), app, server.port
 
     return start
