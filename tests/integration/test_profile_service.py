@@ -207,7 +207,6 @@ async def test_states_are_compressed_with_lz4_on_postgresql(profile):
     assert (profile.traits.cart[0].sku, profile.traits.cart[0].unit_price) == ("SKU-100", 110.0)  # decompressed
 
 
-
 @postgres_only
 async def test_state_pages_keep_room_for_rewrites_on_postgresql(profile):
     # Ingest rewrites a state in every batch that folds one of its events: with room on the page the new version
@@ -220,6 +219,7 @@ async def test_state_pages_keep_room_for_rewrites_on_postgresql(profile):
     assert options == ["fillfactor=70"]
     profile = (await stub.GetProfile(pb.GetProfileRequest(customer_id="c-1"), timeout=5)).profile
     assert [view.sku for view in profile.traits.last_viewed] == ["SKU-1", "SKU-2", "SKU-3"]
+
 
 async def test_malformed_events_are_rejected_by_index_and_field_and_the_rest_applied(profile):
     stub, app = profile
