@@ -73,7 +73,7 @@ def from_args(args: argparse.Namespace) -> BenchConfig:
         closed_steps=tuple(args.workers) if args.workers else preset.closed_steps,
         open_seconds=max(0.5, preset.open_seconds * scale),
         closed_seconds=max(0.5, preset.closed_seconds * scale),
-        warmup_seconds=max(0.5, preset.warmup_seconds * scale),
+        warmup_seconds=args.warmup if args.warmup is not None else max(0.5, preset.warmup_seconds * scale),
         ingest_rate=args.ingest_rate if args.ingest_rate is not None else preset.ingest_rate,
         poisson=args.poisson,
         p99_bound_ms=args.p99_bound_ms,

@@ -290,7 +290,9 @@ def render(doc: dict) -> str:
         note = ("; autovacuum is off here, so rewritten rows bloat their tables during the run as a production "
                 "server would not let them" if settings.get("autovacuum") == "off" else "")
         lines.append(f"PostgreSQL {settings.get('server_version', '?')}: {shown}{note}")
-    lines.append("latency ms (open loop: from the scheduled send); nearest-rank percentiles; ratios mesh/baseline")
+    warmup = doc.get("config", {}).get("warmup_seconds")  # a figure includes cold caches unless the warm-up was long
+    lines.append((f"warm-up {warmup:g} s at 50 decisions/s per target; " if warmup is not None else "")
+                 + "latency ms (open loop: from the scheduled send); nearest-rank percentiles; ratios mesh/baseline")
     phases = doc["phases"]
     for shape, title, field in (("open", "OPEN LOOP", "offered_rate"), ("closed", "CLOSED LOOP", "concurrency")):
         mesh_phases = [p for p in phases if p["target"] == "mesh" and p["shape"] == shape]

@@ -64,7 +64,7 @@ def _document(phases: list[dict], backend: str = "postgresql") -> dict:
                                                    "from_unacknowledged_batches": 0})
     doc = {
         "run": {"run_id": "abcd1234", "mode": "quick", "seconds": 60.0},
-        "config": {"fault_rate": 100},
+        "config": {"fault_rate": 100, "warmup_seconds": 2.0},
         "dataset": {"backend": backend, "customers": 2000, "reused": True},
         "phases": phases,
         "max_sustainable": max_sustainable(phases, p99_bound_ms=100, max_degraded=0.01),
@@ -160,6 +160,7 @@ def test_render_prints_tables_and_every_target(tmp_path):
     for expected in ("OPEN LOOP", "CLOSED LOOP", "MAX SUSTAINABLE", "CPU %", "INGEST", "TARGETS", "PASS", "FAIL"):
         assert expected in text
     assert text.count("\n  PASS") + text.count("\n  FAIL") + text.count("\n  n/a") == len(doc["targets"])
+    assert "warm-up 2 s at 50 decisions/s per target" in text  # the figures' cold start is stated
 
 
 def test_render_names_the_postgresql_settings_and_warns_when_autovacuum_is_off():

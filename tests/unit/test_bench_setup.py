@@ -36,6 +36,11 @@ def test_flags_override_the_preset_and_scale_durations():
     assert config.customers == 300 and config.open_rates == (10, 20) and config.closed_steps == (2,)
     assert config.open_seconds == 0.5 and config.ingest_rate == 0 and config.port_base == 54050
     assert config.faults.scoring_down == 1.0
+    assert config.warmup_seconds == 0.5  # scaled with the steps, at least half a second
+    assert _config("--quick", "--warmup", "60", "--duration-scale", "0.1").warmup_seconds == 60  # as asked
+    for bad in ("0", "-1", "nan"):
+        with pytest.raises(SystemExit):
+            _config("--warmup", bad)
 
 
 def test_customers_below_the_showcase_minimum_are_refused():
