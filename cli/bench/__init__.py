@@ -61,8 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--workers", type=int, nargs="+", metavar="N", help="closed-loop concurrency steps")
     bench.add_argument("--ingest-rate", type=float, help="IngestEvents events/s alongside (default 5000; 0: off)")
     bench.add_argument("--warmup", type=_seconds, metavar="SECONDS",
-                       help="seconds at 50 decisions/s before measuring, per target (default 5; quick 2). The short "
-                       "default includes a replica's cold caches in the figures; about 60 reaches steady state")
+                       help="seconds of load before measuring, per target: 50 decisions/s, the fault run at its own "
+                       "rate (default 5; quick 2). The short default includes a replica's cold caches in the figures; "
+                       "about 60 reaches steady state")
     bench.add_argument("--fault-rate", type=float, default=100.0,
                        help="decisions/s of the open-loop run the faults happen in (default 100)")
     bench.add_argument("--poisson", action="store_true", help="Poisson arrivals instead of a fixed rate")

@@ -291,7 +291,7 @@ def render(doc: dict) -> str:
                 "server would not let them" if settings.get("autovacuum") == "off" else "")
         lines.append(f"PostgreSQL {settings.get('server_version', '?')}: {shown}{note}")
     warmup = doc.get("config", {}).get("warmup_seconds")  # a figure includes cold caches unless the warm-up was long
-    lines.append((f"warm-up {warmup:g} s at 50 decisions/s per target; " if warmup is not None else "")
+    lines.append((f"warm-up {warmup:g} s per target; " if warmup is not None else "")
                  + "latency ms (open loop: from the scheduled send); nearest-rank percentiles; ratios mesh/baseline")
     phases = doc["phases"]
     for shape, title, field in (("open", "OPEN LOOP", "offered_rate"), ("closed", "CLOSED LOOP", "concurrency")):
