@@ -103,6 +103,17 @@ def one_statement(engine: AsyncEngine) -> AbstractAsyncContextManager[AsyncConne
     return engine.begin()
 
 
+@asynccontextmanager
+async def connected(url: str) -> AsyncIterator[AsyncConnection]:
+    """One connection to `url` for a one-off job (a command, a benchmark's check), its engine disposed after."""
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.connect() as connection:
+            yield connection
+    finally:
+        await engine.dispose()
+
+
 def insert_for(engine: AsyncEngine):
     """The dialect's `insert` construct, which has ON CONFLICT support on both PostgreSQL and SQLite."""
     return postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert

@@ -34,7 +34,7 @@ from sqlalchemy import distinct, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from libs.db import create_engine
+from libs.db import connected
 from libs.settings import CommonSettings, ServiceSettings
 from services.profile.domain.state import FOLD_VERSION
 
@@ -218,18 +218,14 @@ _SETTINGS = text("SELECT name, setting, unit FROM pg_settings WHERE name = ANY(:
 
 async def postgres_settings(url: str) -> dict[str, str]:
     """The server's version and POSTGRES_SETTINGS, read through `url` (sizes counted in 8 kB pages as MB)."""
-    engine = create_engine(url, pool_size=1)
-    try:
-        async with engine.connect() as connection:
-            rows = await connection.execute(_SETTINGS, {"names": list(POSTGRES_SETTINGS)})
-            found = {
-                name: f"{int(setting) * 8 // 1024}MB" if unit == "8kB" else setting + (unit or "")
-                for name, setting, unit in rows
-            }
-            found["server_version"] = await connection.scalar(text("SHOW server_version"))
-        return found
-    finally:
-        await engine.dispose()
+    async with connected(url) as connection:
+        rows = await connection.execute(_SETTINGS, {"names": list(POSTGRES_SETTINGS)})
+        found = {
+            name: f"{int(setting) * 8 // 1024}MB" if unit == "8kB" else setting + (unit or "")
+            for name, setting, unit in rows
+        }
+        found["server_version"] = await connection.scalar(text("SHOW server_version"))
+    return found
 
 
 async def count_bench_events(profile_url: str, run_id: str, failed_batches: Sequence[int]) -> dict[str, int]:
@@ -237,18 +233,14 @@ async def count_bench_events(profile_url: str, run_id: str, failed_batches: Sequ
     of those belong to batches the generator got no answer for."""
     from services.profile.storage import profile_events
 
-    engine = create_engine(profile_url, pool_size=1)
     event_id = profile_events.c.event_id
-    try:
-        async with engine.connect() as connection:
-            rows, distinct_ids = (await connection.execute(
-                select(func.count(), func.count(distinct(event_id))).where(event_id.like(f"bench-{run_id}-%"))
-            )).one()
-            unacknowledged = 0
-            for batch in failed_batches:
-                unacknowledged += await connection.scalar(
-                    select(func.count()).where(event_id.like(f"bench-{run_id}-{batch:07d}-%"))
-                )
-    finally:
-        await engine.dispose()
+    async with connected(profile_url) as connection:
+        rows, distinct_ids = (await connection.execute(
+            select(func.count(), func.count(distinct(event_id))).where(event_id.like(f"bench-{run_id}-%"))
+        )).one()
+        unacknowledged = 0
+        for batch in failed_batches:
+            unacknowledged += await connection.scalar(
+                select(func.count()).where(event_id.like(f"bench-{run_id}-{batch:07d}-%"))
+            )
     return {"rows": rows, "distinct_ids": distinct_ids, "from_unacknowledged_batches": unacknowledged}

@@ -30,7 +30,7 @@ from sqlalchemy import select
 from cli.client import CHANNELS as CHANNEL_ENUMS
 from cli.client import IDENTIFIER_FLAGS
 from cli.demo.retailer import CONTACT_REASONS, STORE_IDS
-from libs.db import create_engine
+from libs.db import connected
 from services.identity.storage import identifiers as identity_identifiers
 
 from .stats import CHANNELS
@@ -82,13 +82,9 @@ class PlannedRequest:
 
 async def load_customers(identity_url: str) -> list[Customer]:
     """Every customer and their identifiers, read from the identity database, in customer-id order."""
-    engine = create_engine(identity_url, pool_size=1)
     query = select(identity_identifiers.c.customer_id, identity_identifiers.c.type, identity_identifiers.c.value)
-    try:
-        async with engine.connect() as connection:
-            rows = (await connection.execute(query)).all()
-    finally:
-        await engine.dispose()
+    async with connected(identity_url) as connection:
+        rows = (await connection.execute(query)).all()
     grouped: dict[str, dict[str, str]] = {}
     for customer_id, kind, value in rows:
         grouped.setdefault(customer_id, {})[kind] = value

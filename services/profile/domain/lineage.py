@@ -182,8 +182,9 @@ class LineageFollower:
         """Rebuild every state an older release folded (a lower `FOLD_VERSION`, e.g. one stored before the net spend
         windows kept the refunds' days), so an upgrade corrects every profile without an operator's refold. Scans
         the states in id order, FOLD_SCAN_PAGE at a time without locks, and refolds the outdated ones as `refold`
-        does (under their row locks), resting after each page as long as it took. A state an older replica saves again during a rolling upgrade is outdated
-        again, and the next run rebuilds it. Returns how many profiles were rebuilt."""
+        does (under their row locks), resting after each page as long as it took. A state an older replica saves
+        again during a rolling upgrade is outdated again, and the next run rebuilds it. Returns how many profiles
+        were rebuilt."""
         rebuilt, after = 0, ""
         while page := await self._repository.fold_versions(after, FOLD_SCAN_PAGE):
             after = page[-1][0]
